@@ -1,0 +1,149 @@
+"""The `harness` command: argument parsing only; plans go to the runner."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import registry
+from harness.models.catalog import CATALOG
+from harness.models.loading import pick_device
+from harness.models.tiny import TINY_MODELS
+from harness.plan import (
+    UsageError,
+    build_plan,
+    check_out_dir,
+    parse_depths,
+    parse_lengths,
+    parse_mitigation,
+    parse_models,
+    parse_tasks,
+)
+from harness.runner import DTYPES, Report, RunConfig, Runner
+from tasks.base import TaskOptions
+
+# `harness run` with no --models: the built-in tiny models, offline, on the CPU, in a minute.
+DEFAULT_MODELS = ",".join(TINY_MODELS)
+DEFAULT_MITIGATIONS = "none,rri"
+DEFAULT_LENGTHS = "512,1k,2k,4k"
+DEFAULT_SAMPLES = 4
+
+console = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Long-context evaluation of recurrent LMs: state collapse, mitigations, "
+        "transformer baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lst = sub.add_parser("list", help="list models, tasks or mitigations")
+    lst.add_argument("what", choices=["models", "tasks", "mitigations"])
+
+    run = sub.add_parser(
+        "run",
+        help="evaluate models x mitigations x tasks, write Parquet results",
+        description="With no --models: the built-in tiny models (random weights, byte "
+        f"tokenizer), mitigations {DEFAULT_MITIGATIONS} where they apply, lengths "
+        f"{DEFAULT_LENGTHS}, {DEFAULT_SAMPLES} samples: offline, CPU, about a minute.",
+    )
+    run.add_argument("--models", help="comma-separated catalog names, local dirs or hub ids")
+    run.add_argument("--tasks", default="passkey", help="comma-separated (default: passkey)")
+    run.add_argument("--mitigations", help="comma-separated, each name[:key=value...] "
+                     "(default: none)")
+    run.add_argument("--lengths", help="comma-separated token counts: 512,4k,1m")
+    run.add_argument("--depths", help="comma-separated needle depths in [0, 1]")
+    run.add_argument("--samples", type=int, help="samples per length (per depth if --depths)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                     help="Mamba-2 scan backend (auto: triton on CUDA when mamba-ssm imports)")
+    run.add_argument("--out", type=Path, default=Path("results"))
+    run.add_argument("--no-resume", dest="resume", action="store_false",
+                     help="run every unit again, even those with finished parts")
+    return parser
+
+
+def list_command(what: str) -> None:
+    table = Table(box=None, show_header=False)
+    if what == "models":
+        for name, tiny in TINY_MODELS.items():
+            table.add_row(name, tiny.description)
+        for spec in CATALOG.values():
+            state = f"state {spec.state_size / 1e6:.2f}M" if spec.state_size else "no state"
+            table.add_row(
+                spec.name,
+                f"{spec.params / 1e6:.0f}M params, {state}, trained at {spec.train_context} "
+                f"tokens, peer {spec.peer}: {spec.description}",
+            )
+    else:
+        found = registry.tasks() if what == "tasks" else registry.mitigations()
+        for name, cls in found.items():
+            table.add_row(name, cls.description)
+    Console().print(table)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    embedded = args.models is None
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {args.samples}")
+    lengths = args.lengths if args.lengths is not None else (DEFAULT_LENGTHS if embedded else None)
+    options = TaskOptions(
+        lengths=parse_lengths(lengths) if lengths is not None else None,
+        depths=parse_depths(args.depths) if args.depths is not None else None,
+        samples=args.samples or (DEFAULT_SAMPLES if embedded else None),
+        seed=args.seed,
+    )
+    models = parse_models(args.models or DEFAULT_MODELS)
+    mitigation_specs = args.mitigations or (DEFAULT_MITIGATIONS if embedded else "none")
+    mitigations = [parse_mitigation(s) for s in dict.fromkeys(mitigation_specs.split(","))]
+    tasks = parse_tasks(args.tasks, options)
+    check_out_dir(args.out)
+    plan = build_plan(models, mitigations, tasks, args.dtype,
+                      strict=not (embedded and args.mitigations is None))
+    config = RunConfig(out=args.out, device=pick_device(args.device), dtype=args.dtype,
+                       backend=args.backend, seed=args.seed, resume=args.resume)
+    report = Runner(plan, config).run()
+    print_report(report)
+    return 1 if report.failed else 0
+
+
+def print_report(report: Report) -> None:
+    if not report.outcomes:
+        console.print(f"nothing to do: all {len(report.skipped)} units are already done")
+        return
+    table = Table(title=f"run {report.run_id}")
+    for column in ("model", "mitigation", "task", "length", "status", "result"):
+        table.add_column(column)
+    for o in report.outcomes:
+        table.add_row(o.unit.model.name, o.unit.mitigation.spec, o.unit.task.name,
+                      str(o.unit.params.get("length", "")),
+                      o.status, o.summary or o.message[:80])
+    Console().print(table)
+    console.print(
+        f"{len(report.outcomes)} units run ({len(report.failed)} failed), "
+        f"{len(report.skipped)} already done; manifest {report.manifest}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            list_command(args.what)
+            return 0
+        return run_command(args)
+    except UsageError as err:
+        console.print(f"harness: error: {err}", markup=False, highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The model interface that tasks use: one class every family implements.
+
+A family implements `init_state` and `forward`; prefill, greedy generation, teacher-forced
+scoring and per-token losses of long sequences are built on those two here, so every family
+gets the same chunking arithmetic (no target is skipped at a chunk boundary).
+
+State contract: `forward(ids, state)` returns a new state and may consume the one passed in;
+call `state.clone()` first to keep it (e.g. to score and generate from one prefilled prompt).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class State(Protocol):
+    """What a family carries between calls of `forward` (KV cache, conv + SSM states...)."""
+
+    def clone(self) -> State: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What result rows record about a model."""
+
+    name: str  # display name, also the `model=` partition of results/
+    ref: str  # catalog name, local path or hub id, as given
+    family: str  # "mamba2" | "transformer"
+    params: int  # parameter count
+    state_size: int | None  # recurrent state elements over all layers (None for transformers)
+    train_context: int  # tokens
+    train_context_source: str
+    dtype: str
+    device: str
+    backend: str  # scan backend or attention implementation
+
+
+class LanguageModel(ABC):
+    """A causal language model with an explicit, exactly carried state."""
+
+    info: ModelInfo
+    eos_token_id: int | None = None
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str: ...
+
+    @abstractmethod
+    def init_state(self, batch: int = 1) -> State: ...
+
+    @abstractmethod
+    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """ids (b, l) -> logits (b, l, vocab) float32, and the state after the l tokens."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.info.device)
+
+    def _tensor(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return t if t.dim() == 2 else t.unsqueeze(0)
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int], chunk: int = 4096) -> tuple[torch.Tensor, State]:
+        """Feed a prompt in chunks; return the logits after its last token (vocab,) and the state."""
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        state = self.init_state(1)
+        for start in range(0, len(ids), chunk):
+            logits, state = self.forward(self._tensor(ids[start : start + chunk]), state)
+        return logits[0, -1].float(), state
+
+    @torch.inference_mode()
+    def generate(self, logits: torch.Tensor, state: State, max_new_tokens: int) -> list[int]:
+        """Greedy decoding from prefilled `logits` (vocab,) and `state`, one token per step."""
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(logits.argmax())
+            out.append(token)
+            if token == self.eos_token_id or len(out) == max_new_tokens:
+                break
+            step_logits, state = self.forward(self._tensor([token]), state)
+            logits = step_logits[0, -1].float()
+        return out
+
+    @torch.inference_mode()
+    def score(self, logits: torch.Tensor, state: State, continuation: list[int]) -> float:
+        """Sum of log p(continuation | prompt) under teacher forcing, from prefilled logits/state."""
+        first = F.log_softmax(logits.float(), dim=-1)[continuation[0]]
+        if len(continuation) == 1:
+            return float(first)
+        rest, _ = self.forward(self._tensor(continuation[:-1]), state)
+        logp = F.log_softmax(rest[0].float(), dim=-1)
+        targets = torch.as_tensor(continuation[1:], device=logp.device)
+        return float(first + logp.gather(1, targets[:, None]).sum())
+
+    @torch.inference_mode()
+    def token_losses(self, ids: torch.Tensor | list[int], chunk: int = 2048) -> torch.Tensor:
+        """Per-token NLL of a long sequence: out[i] = -log p(ids[i+1] | ids[:i+1]), float32 on CPU.
+
+        The sequence streams through in chunks with the state carried; the last logits of one
+        chunk predict the first token of the next, so all len(ids) - 1 targets are scored.
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        losses = torch.empty(max(len(ids) - 1, 0), dtype=torch.float32)
+        state = self.init_state(1)
+        prev: torch.Tensor | None = None  # logits of the token before this chunk (vocab,)
+        for start in range(0, len(ids), chunk):
+            piece = ids[start : start + chunk]
+            logits, state = self.forward(self._tensor(piece), state)
+            logits = logits[0].float()
+            if prev is not None:
+                logits = torch.cat([prev[None], logits])
+                targets, first = piece, start - 1
+            else:
+                targets, first = piece[1:], start
+            n = len(targets)
+            losses[first : first + n] = F.cross_entropy(
+                logits[:n], targets.to(logits.device), reduction="none"
+            ).cpu()
+            prev = logits[-1]
+        return losses

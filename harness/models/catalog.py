@@ -1,0 +1,108 @@
+"""The models the harness knows by name, with the facts result rows and fits need.
+
+Sizes follow paper-notes.md section 1: public Mamba-2 checkpoints have headdim 64,
+d_state 128, expand 2, so a layer holds 256 * d_model state elements. Both families were
+trained on the Pile (300B tokens) with the GPT-NeoX-20B tokenizer at 2048 tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NEOX_TOKENIZER = "EleutherAI/gpt-neox-20b"
+
+MAMBA2_CONTEXT_SOURCE = (
+    "2048: Buitrago-Ruiz & Gu 2025; Stuffed Mamba's figures draw 8K (open discrepancy)"
+)
+PYTHIA_CONTEXT_SOURCE = "2048: Biderman et al. 2023 (Pythia), config max_position_embeddings"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "mamba2" | "transformer"
+    repo: str  # hub id of the checkpoint
+    tokenizer: str  # hub id of the tokenizer
+    params: int
+    d_model: int
+    n_layer: int
+    state_size: int | None  # state elements over all layers; None for transformers
+    train_context: int
+    train_context_source: str
+    checkpoint_format: str
+    peer: str  # the matching-size model of the other family
+    description: str
+
+
+def mamba2_params(d_model: int, n_layer: int, vocab: int = 50288, d_state: int = 128) -> int:
+    """Parameters of a public Mamba-2 shape (headdim 64, expand 2, ngroups 1, conv 4, tied head)."""
+    d_inner, nheads = 2 * d_model, 2 * d_model // 64
+    conv_dim = d_inner + 2 * d_state
+    mixer = (
+        d_model * (2 * d_inner + 2 * d_state + nheads)  # in_proj -> [z, x, B, C, dt]
+        + conv_dim * 4
+        + conv_dim  # depthwise conv weight and bias
+        + 3 * nheads  # dt_bias, A_log, D
+        + d_inner  # gated RMSNorm
+        + d_inner * d_model  # out_proj
+    )
+    return vocab * d_model + n_layer * (mixer + d_model) + d_model
+
+
+def neox_params(d_model: int, n_layer: int, vocab: int = 50304) -> int:
+    """Parameters of a Pythia (GPT-NeoX) shape: untied embeddings, 4x MLP, biases, LayerNorms."""
+    layer = 12 * d_model * d_model + 13 * d_model
+    return 2 * vocab * d_model + n_layer * layer + 2 * d_model
+
+
+def _mamba2(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"mamba2-{size}",
+        family="mamba2",
+        repo=f"state-spaces/mamba2-{size}",
+        tokenizer=NEOX_TOKENIZER,
+        params=mamba2_params(d_model, n_layer),
+        d_model=d_model,
+        n_layer=n_layer,
+        state_size=n_layer * 256 * d_model,
+        train_context=2048,
+        train_context_source=MAMBA2_CONTEXT_SOURCE,
+        checkpoint_format="state-spaces (config.json + pytorch_model.bin, fp32)",
+        peer=peer,
+        description=f"Mamba-2 {size}, {n_layer} layers, d_model {d_model}, Pile 300B",
+    )
+
+
+def _pythia(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"pythia-{size}",
+        family="transformer",
+        repo=f"EleutherAI/pythia-{size}",
+        tokenizer=f"EleutherAI/pythia-{size}",
+        params=neox_params(d_model, n_layer),
+        d_model=d_model,
+        n_layer=n_layer,
+        state_size=None,
+        train_context=2048,
+        train_context_source=PYTHIA_CONTEXT_SOURCE,
+        checkpoint_format="transformers GPT-NeoX (config.json + model.safetensors)",
+        peer=peer,
+        description=f"Pythia {size} transformer, {n_layer} layers, d_model {d_model}, Pile 300B",
+    )
+
+
+CATALOG: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        _mamba2("130m", 768, 24, "pythia-160m"),
+        _mamba2("370m", 1024, 48, "pythia-410m"),
+        _mamba2("780m", 1536, 48, "pythia-1b"),
+        _mamba2("1.3b", 2048, 48, "pythia-1.4b"),
+        _mamba2("2.7b", 2560, 64, "pythia-2.8b"),
+        _pythia("160m", 768, 12, "mamba2-130m"),
+        _pythia("410m", 1024, 24, "mamba2-370m"),
+        _pythia("1b", 2048, 16, "mamba2-780m"),
+        _pythia("1.4b", 2048, 24, "mamba2-1.3b"),
+        _pythia("2.8b", 2560, 32, "mamba2-2.7b"),
+    ]
+}

@@ -1,0 +1,161 @@
+"""From what a user typed after --models to a loaded model.
+
+`resolve` checks a reference without loading weights (so a bad one stops the run before any
+work): a built-in tiny model, a catalog name, a local checkpoint directory, or a hub id.
+`load` then builds the family's LanguageModel on a device and dtype.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.models.base import LanguageModel, ModelInfo
+from harness.models.catalog import CATALOG, NEOX_TOKENIZER, ModelSpec
+from harness.models.tiny import TINY_MODELS
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEFAULT_CONTEXT = 2048
+
+
+class ModelError(ValueError):
+    """A model reference that names nothing loadable."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    ref: str  # as the user wrote it
+    name: str  # display name, the `model=` partition of results/
+    family: str  # "mamba2" | "transformer"
+    config: dict  # config.json (empty for built-in tiny models)
+    spec: ModelSpec | None = None  # catalog entry
+    path: Path | None = None  # local checkpoint directory
+    repo: str | None = None  # hub id
+
+
+def family_of(config: dict) -> str:
+    """mamba2 for state-spaces or transformers Mamba-2 configs, transformer otherwise."""
+    if config.get("model_type") == "mamba2" or "ssm_cfg" in config or "n_layer" in config:
+        return "mamba2"
+    return "transformer"
+
+
+def resolve(ref: str) -> ModelSource:
+    if ref in TINY_MODELS:
+        return ModelSource(ref=ref, name=ref, family=TINY_MODELS[ref].family, config={})
+    if ref in CATALOG:
+        spec = CATALOG[ref]
+        return ModelSource(ref=ref, name=ref, family=spec.family, config={}, spec=spec,
+                           repo=spec.repo)
+    path = Path(ref).expanduser()
+    if path.exists() or not HUB_ID.match(ref):
+        return _resolve_local(ref, path)
+    return _resolve_hub(ref)
+
+
+def _resolve_local(ref: str, path: Path) -> ModelSource:
+    if not path.exists():
+        known = [*TINY_MODELS, *CATALOG]
+        close = difflib.get_close_matches(ref, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(
+            f"unknown model {ref!r}: not a catalog name, an existing directory or a hub id "
+            f"(owner/name).{hint} Known: {', '.join(known)}"
+        )
+    if not path.is_dir():
+        raise ModelError(f"model path {ref!r} is a file; give the checkpoint directory")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model directory {ref!r} has no config.json")
+    if not any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
+        raise ModelError(
+            f"model directory {ref!r} has no weights ({' or '.join(WEIGHT_PATTERNS)})"
+        )
+    config = json.loads((path / "config.json").read_text())
+    return ModelSource(ref=ref, name=path.resolve().name, family=family_of(config),
+                       config=config, path=path)
+
+
+def _resolve_hub(ref: str) -> ModelSource:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        config_file = hf_hub_download(ref, "config.json")
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise ModelError(
+            f"cannot fetch config.json of hub model {ref!r} ({type(err).__name__}); check the id, "
+            "the network, or HF_HUB_OFFLINE (offline, only models already cached load)"
+        ) from None
+    config = json.loads(Path(config_file).read_text())
+    return ModelSource(ref=ref, name=ref, family=family_of(config), config=config, repo=ref)
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load(source: ModelSource, device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
+    if source.ref in TINY_MODELS:
+        return TINY_MODELS[source.ref].build(device, dtype, backend)
+    if source.family == "mamba2":
+        return _load_mamba2(source, device, dtype, backend)
+    return _load_transformer(source, device, dtype)
+
+
+def _context(source: ModelSource, key: str) -> tuple[int, str]:
+    if source.spec is not None:
+        return source.spec.train_context, source.spec.train_context_source
+    if "train_context" in source.config:
+        return int(source.config["train_context"]), "config.json train_context"
+    if key in source.config:
+        return int(source.config[key]), f"config.json {key}"
+    return DEFAULT_CONTEXT, f"unknown: assumed {DEFAULT_CONTEXT}"
+
+
+def _info(source: ModelSource, module: torch.nn.Module, dtype: torch.dtype, device: str,
+          backend: str, state_size: int | None, context_key: str) -> ModelInfo:
+    context, context_source = _context(source, context_key)
+    return ModelInfo(
+        name=source.name,
+        ref=source.ref,
+        family=source.family,
+        params=sum(p.numel() for p in module.parameters()),
+        state_size=state_size,
+        train_context=context,
+        train_context_source=context_source,
+        dtype=str(dtype).removeprefix("torch."),
+        device=device,
+        backend=backend,
+    )
+
+
+def _load_mamba2(source: ModelSource, device: str, dtype: torch.dtype, backend: str):
+    from harness.models.mamba2 import Mamba2LM, load_mamba2
+    from harness.models.tokenizer import load_tokenizer
+
+    module = load_mamba2(str(source.path or source.repo), device=device, dtype=dtype)
+    tokenizer = load_tokenizer(source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER)
+    model = Mamba2LM(module, tokenizer, info=None, backend=backend)  # type: ignore[arg-type]
+    model.info = _info(source, module, dtype, device, model.backend,
+                       module.config.state_size, "train_context")
+    return model
+
+
+def _load_transformer(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.models.transformer import TransformerLM
+
+    where = str(source.path or source.repo)
+    module = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(source.spec.tokenizer if source.spec else where)
+    info = _info(source, module, dtype, device, "sdpa", None, "max_position_embeddings")
+    return TransformerLM(module.to(device), tokenizer, info)

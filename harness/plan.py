@@ -1,0 +1,163 @@
+"""The grid of a run: models x mitigations x task units, each unit with a stable id.
+
+Everything a user can get wrong is checked here, before any model is loaded or any file is
+written; problems raise UsageError (the CLI exits with status 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import registry
+from harness.mitigations.base import Mitigation, MitigationError
+from harness.models.loading import ModelError, ModelSource, resolve
+from tasks.base import Task, TaskOptions
+
+LENGTH = re.compile(r"^(\d+)([km]?)$", re.IGNORECASE)
+SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+class UsageError(ValueError):
+    """Wrong input on the command line: reported with the valid choices, exit status 2."""
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in items):
+        raise UsageError(f"empty item in --{what} {text!r}: give a comma-separated list")
+    return items
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """'512,4k,1m' -> (512, 4096, 1048576); k = 1024, m = 1024^2."""
+    lengths = []
+    for item in _split(text, "lengths"):
+        m = LENGTH.match(item)
+        if not m or int(m.group(1)) == 0:
+            raise UsageError(
+                f"bad length {item!r} in --lengths: use a positive integer with an optional "
+                "k (x1024) or m (x1024^2) suffix, e.g. 512,4k,1m"
+            )
+        lengths.append(int(m.group(1)) * SCALE[m.group(2).lower()])
+    return tuple(lengths)
+
+
+def parse_depths(text: str) -> tuple[float, ...]:
+    depths = []
+    for item in _split(text, "depths"):
+        try:
+            depth = float(item)
+        except ValueError:
+            depth = float("nan")
+        if not 0.0 <= depth <= 1.0:
+            raise UsageError(f"bad depth {item!r} in --depths: each must be a number in [0, 1]")
+        depths.append(depth)
+    return tuple(depths)
+
+
+def _unknown(kind: str, name: str, valid: list[str]) -> UsageError:
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return UsageError(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(sorted(valid))}")
+
+
+def parse_tasks(text: str, options: TaskOptions) -> list[Task]:
+    known = registry.tasks()
+    names = _split(text, "tasks")
+    for name in names:
+        if name not in known:
+            raise _unknown("task", name, list(known))
+    return [known[name](options) for name in dict.fromkeys(names)]
+
+
+def parse_mitigation(spec: str) -> Mitigation:
+    """`name` or `name:key=value:...`."""
+    known = registry.mitigations()
+    name, *fields = spec.split(":")
+    if name not in known:
+        raise _unknown("mitigation", name, list(known))
+    try:
+        return known[name].parse(fields)
+    except MitigationError as err:
+        raise UsageError(str(err)) from None
+
+
+def parse_models(text: str) -> list[ModelSource]:
+    try:
+        return [resolve(ref) for ref in dict.fromkeys(_split(text, "models"))]
+    except ModelError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a directory (created if missing)")
+
+
+@dataclass(frozen=True)
+class Unit:
+    task: Task
+    model: ModelSource
+    mitigation: Mitigation
+    params: dict[str, Any]
+    dtype: str
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        key = json.dumps(
+            [self.task.name, self.model_key, self.mitigation.spec, self.params, self.dtype],
+            sort_keys=True,
+        )
+        object.__setattr__(self, "id", hashlib.sha256(key.encode()).hexdigest()[:16])
+
+    @property
+    def model_key(self) -> str:
+        """What identifies the model: its name, or the absolute path of a local checkpoint."""
+        return str(self.model.path.resolve()) if self.model.path else self.model.name
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: list[ModelSource]
+    mitigations: list[Mitigation]
+    tasks: list[Task]
+    units: list[Unit]
+
+
+def build_plan(
+    models: list[ModelSource],
+    mitigations: list[Mitigation],
+    tasks: list[Task],
+    dtype: str,
+    strict: bool = True,
+) -> Plan:
+    """Every (model, mitigation, task unit). A mitigation that does not apply to a model's
+    family is refused (UsageError), or skipped for that model when `strict` is False."""
+    for model in models:
+        for mitigation in mitigations:
+            if strict and model.family not in mitigation.families:
+                raise UsageError(
+                    f"mitigation {mitigation.spec!r} does not apply to {model.name} "
+                    f"(family {model.family}); it applies to: {', '.join(sorted(mitigation.families))}"
+                )
+        for task in tasks:
+            if model.family not in task.families:
+                raise UsageError(
+                    f"task {task.name!r} does not apply to {model.name} (family {model.family}); "
+                    f"it applies to: {', '.join(sorted(task.families))}"
+                )
+    units = [
+        Unit(task, model, mitigation, params, dtype)
+        for model in models
+        for mitigation in mitigations
+        if model.family in mitigation.families
+        for task in tasks
+        for params in task.units()
+    ]
+    return Plan(models, mitigations, tasks, units)

@@ -1,0 +1,142 @@
+"""Passkey retrieval: find a 5-digit key hidden at some depth of a long, repetitive haystack.
+
+The template is InfiniteBench's, as used by Stuffed Mamba (paper-notes.md section 5). A
+prompt's length is counted in the model's own tokens; keys come from a generator seeded by
+(seed, length, sample), so every model sees the same keys at the same depths and results
+pair up across models. Scoring: greedy decoding, correct iff the key appears in the output;
+plus the log-probability of the key under teacher forcing, a graded signal.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from harness.models.base import LanguageModel
+from tasks.base import NonFiniteError, Progress, Task
+
+PREFIX = (
+    "There is an important info hidden inside a lot of irrelevant text. "
+    "Find it and memorize it.\n\n"
+)
+HAYSTACK = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+NEEDLE = "The passkey is {key}. Remember it. {key} is the passkey.\n"
+SUFFIX = "\nWhat is the pass key? The passkey is"
+
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
+DEFAULT_SAMPLES = 10
+EXTRA_NEW_TOKENS = 3  # decoded beyond the key's own token count
+
+
+@dataclass(frozen=True)
+class Sample:
+    length: int  # target prompt length in tokens
+    index: int  # sample number within the length
+    depth: float  # where the needle sits, 0 = first haystack line, 1 = last
+    key: str
+
+
+def passkey_key(seed: int, length: int, index: int) -> str:
+    """The 5-digit key of one sample: a pure function of (seed, length, index)."""
+    return f"{random.Random(f'passkey-{seed}-{length}-{index}').randrange(100_000):05d}"
+
+
+def samples_at(length: int, samples: int, depths: tuple[float, ...] | None, seed: int) -> list[Sample]:
+    """`samples` per depth when depths are given, else `samples` spread evenly at (i+0.5)/n."""
+    if depths is None:
+        spots = [(i + 0.5) / samples for i in range(samples)]
+    else:
+        spots = [d for d in depths for _ in range(samples)]
+    return [Sample(length, i, d, passkey_key(seed, length, i)) for i, d in enumerate(spots)]
+
+
+def build_prompt(encode: Callable[[str], list[int]], length: int, depth: float, key: str) -> str:
+    """The prompt whose token count is closest to `length` (within a line's worth of tokens)."""
+    fixed = len(encode(PREFIX + NEEDLE.format(key=key) + SUFFIX))
+    per_line = len(encode(HAYSTACK))
+    if fixed + per_line > length:
+        raise ValueError(
+            f"passkey length {length} is shorter than the template ({fixed + per_line} tokens)"
+        )
+    lines = max(1, round((length - fixed) / per_line))
+    for _ in range(3):  # BPE merges across lines can shift the count: correct it
+        prompt = _assemble(lines, depth, key)
+        error = length - len(encode(prompt))
+        step = round(error / per_line)
+        if step == 0:
+            break
+        lines = max(1, lines + step)
+    return _assemble(lines, depth, key)
+
+
+def _assemble(lines: int, depth: float, key: str) -> str:
+    """`lines` haystack lines + the needle after round(depth * lines) of them."""
+    before = round(depth * lines)
+    return PREFIX + HAYSTACK * before + NEEDLE.format(key=key) + HAYSTACK * (lines - before) + SUFFIX
+
+
+class Passkey(Task):
+    name = "passkey"
+    description = "passkey retrieval in a repetitive haystack (InfiniteBench template), by length and depth"
+    table = "passkey"
+    schema = pa.schema(
+        [
+            ("length", pa.int64()),
+            ("tokens", pa.int64()),
+            ("depth", pa.float64()),
+            ("sample", pa.int64()),
+            ("key", pa.string()),
+            ("prediction", pa.string()),
+            ("correct", pa.bool_()),
+            ("key_logprob", pa.float64()),
+            ("beyond_context", pa.bool_()),
+        ]
+    )
+
+    def units(self) -> list[dict[str, Any]]:
+        o = self.options
+        depths = list(o.depths) if o.depths is not None else None
+        return [
+            {"length": n, "samples": o.samples or DEFAULT_SAMPLES, "depths": depths, "seed": o.seed}
+            for n in (o.lengths or DEFAULT_LENGTHS)
+        ]
+
+    def cost(self, params: dict[str, Any]) -> int:
+        return params["length"] * params["samples"] * len(params["depths"] or [None])
+
+    def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
+        depths = tuple(params["depths"]) if params["depths"] is not None else None
+        rows = []
+        for sample in samples_at(params["length"], params["samples"], depths, params["seed"]):
+            rows.append(self._one(model, sample))
+            progress(sample.length)
+        return rows
+
+    def _one(self, model: LanguageModel, sample: Sample) -> dict[str, Any]:
+        ids = model.encode(build_prompt(model.encode, sample.length, sample.depth, sample.key))
+        answer = model.encode(" " + sample.key)
+        logits, state = model.prefill(ids)
+        if not torch.isfinite(logits).all():
+            raise NonFiniteError(f"non-finite logits after a {len(ids)}-token prompt")
+        key_logprob = model.score(logits, state.clone(), answer)
+        output = model.decode(model.generate(logits, state, len(answer) + EXTRA_NEW_TOKENS))
+        return {
+            "length": sample.length,
+            "tokens": len(ids),
+            "depth": sample.depth,
+            "sample": sample.index,
+            "key": sample.key,
+            "prediction": output,
+            "correct": sample.key in output,
+            "key_logprob": key_logprob,
+            "beyond_context": len(ids) > model.info.train_context,
+        }
+
+    def summary(self, rows: list[dict[str, Any]]) -> str:
+        correct = sum(r["correct"] for r in rows)
+        return f"accuracy {correct / len(rows):.2f} ({correct}/{len(rows)})"
