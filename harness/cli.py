@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_command(args)
     except UsageError as err:
-        console.print(f"harness: error: {err}", markup=False, highlight=False)
+        print(f"harness: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -56,28 +56,37 @@ def samples_at(length: int, samples: int, depths: tuple[float, ...] | None, seed
 
 
 def build_prompt(encode: Callable[[str], list[int]], length: int, depth: float, key: str) -> str:
-    """The prompt whose token count is closest to `length` (within a line's worth of tokens)."""
+    """The prompt with the most haystack that fits in `length` tokens (usually exactly).
+
+    Whole haystack lines first, then the first characters of one more line: the count lands
+    on the target, or a token below it where a character completes a multi-byte token.
+    """
     fixed = len(encode(PREFIX + NEEDLE.format(key=key) + SUFFIX))
     per_line = len(encode(HAYSTACK))
     if fixed + per_line > length:
         raise ValueError(
             f"passkey length {length} is shorter than the template ({fixed + per_line} tokens)"
         )
-    lines = max(1, round((length - fixed) / per_line))
-    for _ in range(3):  # BPE merges across lines can shift the count: correct it
-        prompt = _assemble(lines, depth, key)
-        error = length - len(encode(prompt))
-        step = round(error / per_line)
-        if step == 0:
-            break
-        lines = max(1, lines + step)
-    return _assemble(lines, depth, key)
+    lines = (length - fixed) // per_line
+    while lines > 1 and len(encode(_assemble(lines, depth, key, 0))) > length:
+        lines -= 1  # BPE merges across lines made it longer than the estimate
+    low, high = 0, len(HAYSTACK) - 1  # most extra characters that still fit
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(encode(_assemble(lines, depth, key, mid))) <= length:
+            low = mid
+        else:
+            high = mid - 1
+    return _assemble(lines, depth, key, low)
 
 
-def _assemble(lines: int, depth: float, key: str) -> str:
-    """`lines` haystack lines + the needle after round(depth * lines) of them."""
+def _assemble(lines: int, depth: float, key: str, chars: int) -> str:
+    """`lines` haystack lines with the needle after round(depth * lines) of them, then the
+    first `chars` characters of one more line."""
     before = round(depth * lines)
-    return PREFIX + HAYSTACK * before + NEEDLE.format(key=key) + HAYSTACK * (lines - before) + SUFFIX
+    tail = HAYSTACK[:chars]
+    haystack = HAYSTACK * before + NEEDLE.format(key=key) + HAYSTACK * (lines - before) + tail
+    return PREFIX + haystack + SUFFIX
 
 
 class Passkey(Task):

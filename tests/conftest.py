@@ -1,0 +1,33 @@
+"""Shared fixtures: everything offline, tiny models made here, nothing from ../shared."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def neox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-NeoX with a byte tokenizer, saved with save_pretrained like a hub checkpoint."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from harness.models.tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("models") / "neox-tiny"
+    GPTNeoXForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,77 @@
+"""Wrong input stops before any work: exit status 2, a message with the valid choices,
+nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+
+def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expected: str) -> None:
+    code = main(["run", *args, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for text in expected:
+        assert text in err, err
+    assert not out.exists() or out.is_file(), "nothing may be written"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--models", "mamba2-37m"], ["unknown model 'mamba2-37m'", "mamba2-370m"]),
+        (["--models", "tiny-pythia", "--tasks", "paskey"], ["unknown task 'paskey'", "passkey"]),
+        (["--models", "tiny-pythia", "--mitigations", "nonne"],
+         ["unknown mitigation 'nonne'", "none"]),
+        (["--models", "tiny-pythia", "--lengths", "4kk"], ["bad length '4kk'"]),
+        (["--models", "tiny-pythia", "--lengths", "0"], ["bad length '0'"]),
+        (["--models", "tiny-pythia", "--lengths", "-1"], ["bad length '-1'"]),
+        (["--models", "tiny-pythia", "--lengths", ""], ["empty item in --lengths"]),
+        (["--models", "tiny-pythia", "--lengths", "1k,,2k"], ["empty item in --lengths"]),
+        (["--models", "tiny-pythia", "--depths", "0.5,1.5"], ["bad depth '1.5'", "[0, 1]"]),
+        (["--models", "tiny-pythia", "--depths", "-0.1"], ["bad depth '-0.1'"]),
+        (["--models", "tiny-pythia", "--depths", "x"], ["bad depth 'x'"]),
+        (["--models", "tiny-pythia", "--samples", "0"], ["--samples must be at least 1"]),
+        (["--models", "tiny-pythia", "--mitigations", "none:x=1"], ["has no parameter x"]),
+        (["--models", "tiny-pythia", "--mitigations", "rri"],
+         ["'rri:a=0.9999:b=0.75' does not apply to tiny-pythia", "mamba2"]),
+    ],
+)
+def test_wrong_input(args: list[str], expected: list[str], tmp_path: Path,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    fails(args, tmp_path / "out", capsys, *expected)
+
+
+def test_output_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results.txt"
+    out.write_text("not a folder")
+    fails(["--models", "tiny-pythia"], out, capsys, "is a file")
+    assert out.read_text() == "not a folder"
+
+
+def test_local_model_paths(tmp_path: Path, neox_dir: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    fails(["--models", str(tmp_path / "nowhere")], out, capsys, "unknown model")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(["--models", str(empty)], out, capsys, "has no config.json")
+    (empty / "config.json").write_text((neox_dir / "config.json").read_text())
+    fails(["--models", str(empty)], out, capsys, "has no weights")
+    fails(["--models", str(empty / "config.json")], out, capsys, "is a file")
+
+
+def test_argparse_choices_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--dtype", "float16"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_list_prints_one_line_per_name(capsys: pytest.CaptureFixture[str]) -> None:
+    for what, name in [("models", "mamba2-370m"), ("tasks", "passkey"), ("mitigations", "none")]:
+        assert main(["list", what]) == 0
+        assert name in capsys.readouterr().out
