@@ -55,19 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--models", help="comma-separated catalog names, local dirs or hub ids")
     run.add_argument("--tasks", default="passkey", help="comma-separated (default: passkey)")
-    run.add_argument("--mitigations", help="comma-separated, each name[:key=value...] "
-                     "(default: none)")
+    run.add_argument(
+        "--mitigations", help="comma-separated, each name[:key=value...] (default: none)"
+    )
     run.add_argument("--lengths", help="comma-separated token counts: 512,4k,1m")
     run.add_argument("--depths", help="comma-separated needle depths in [0, 1]")
     run.add_argument("--samples", type=int, help="samples per length (per depth if --depths)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    run.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
-                     help="Mamba-2 scan backend (auto: triton on CUDA when mamba-ssm imports)")
+    run.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "triton"],
+        help="Mamba-2 scan backend (auto: triton on CUDA when mamba-ssm imports)",
+    )
     run.add_argument("--out", type=Path, default=Path("results"))
-    run.add_argument("--no-resume", dest="resume", action="store_false",
-                     help="run every unit again, even those with finished parts")
+    run.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="run every unit again, even those with finished parts",
+    )
     return parser
 
 
@@ -106,10 +115,17 @@ def run_command(args: argparse.Namespace) -> int:
     mitigations = [parse_mitigation(s) for s in dict.fromkeys(mitigation_specs.split(","))]
     tasks = parse_tasks(args.tasks, options)
     check_out_dir(args.out)
-    plan = build_plan(models, mitigations, tasks, args.dtype,
-                      strict=not (embedded and args.mitigations is None))
-    config = RunConfig(out=args.out, device=pick_device(args.device), dtype=args.dtype,
-                       backend=args.backend, seed=args.seed, resume=args.resume)
+    plan = build_plan(
+        models, mitigations, tasks, args.dtype, strict=not (embedded and args.mitigations is None)
+    )
+    config = RunConfig(
+        out=args.out,
+        device=pick_device(args.device),
+        dtype=args.dtype,
+        backend=args.backend,
+        seed=args.seed,
+        resume=args.resume,
+    )
     report = Runner(plan, config).run()
     print_report(report)
     return 1 if report.failed else 0
@@ -123,9 +139,14 @@ def print_report(report: Report) -> None:
     for column in ("model", "mitigation", "task", "length", "status", "result"):
         table.add_column(column)
     for o in report.outcomes:
-        table.add_row(o.unit.model.name, o.unit.mitigation.spec, o.unit.task.name,
-                      str(o.unit.params.get("length", "")),
-                      o.status, o.summary or o.message[:80])
+        table.add_row(
+            o.unit.model.name,
+            o.unit.mitigation.spec,
+            o.unit.task.name,
+            str(o.unit.params.get("length", "")),
+            o.status,
+            o.summary or o.message[:80],
+        )
     Console().print(table)
     console.print(
         f"{len(report.outcomes)} units run ({len(report.failed)} failed), "

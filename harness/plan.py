@@ -144,7 +144,8 @@ def build_plan(
             if strict and model.family not in mitigation.families:
                 raise UsageError(
                     f"mitigation {mitigation.spec!r} does not apply to {model.name} "
-                    f"(family {model.family}); it applies to: {', '.join(sorted(mitigation.families))}"
+                    f"(family {model.family}); it applies to: "
+                    + ", ".join(sorted(mitigation.families))
                 )
         for task in tasks:
             if model.family not in task.families:

@@ -49,7 +49,9 @@ STATUSES = ("ok", "oom", "nonfinite", "error")
 
 
 def part_path(out: Path, table: str, model: str, mitigation: str, unit_id: str) -> Path:
-    folder = out / table / f"model={quote(model, safe='')}" / f"mitigation={quote(mitigation, safe='')}"
+    folder = (
+        out / table / f"model={quote(model, safe='')}" / f"mitigation={quote(mitigation, safe='')}"
+    )
     return folder / f"part-{unit_id}.parquet"
 
 

@@ -82,7 +82,10 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(harness.__file__).parent, capture_output=True, text=True, timeout=10,
+            cwd=Path(harness.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -114,8 +117,9 @@ class Runner:
         self.artifacts: dict[str, dict[str, Any]] = {}
 
     def part(self, unit: Unit) -> Path:
-        return results.part_path(self.config.out, unit.task.table, unit.model.name,
-                                 unit.mitigation.spec, unit.id)
+        return results.part_path(
+            self.config.out, unit.task.table, unit.model.name, unit.mitigation.spec, unit.id
+        )
 
     def pending(self) -> tuple[list[Unit], list[Unit]]:
         """(units to run, units already done)."""
@@ -147,7 +151,7 @@ class Runner:
         bar.set_description(f"loading {source.name}")
         try:
             model = load(source, self.config.device, DTYPES[self.config.dtype], self.config.backend)
-        except Exception as err:  # noqa: BLE001 - recorded as failed units, the run goes on
+        except Exception as err:
             return [self._fail(u, None, err, bar) for u in units]
         outcomes = []
         for mitigation, group in groupby(units, key=lambda u: u.mitigation):
@@ -155,12 +159,13 @@ class Runner:
         del model
         return outcomes
 
-    def _run_mitigation(self, model: LanguageModel, mitigation: Mitigation, units: list[Unit],
-                        bar: tqdm) -> list[Outcome]:
+    def _run_mitigation(
+        self, model: LanguageModel, mitigation: Mitigation, units: list[Unit], bar: tqdm
+    ) -> list[Outcome]:
         bar.set_description(f"{model.info.name} {mitigation.spec}")
         try:
             model.hooks = mitigation.hooks(model)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             return [self._fail(u, model, err, bar) for u in units]
         self.artifacts[f"{model.info.name}/{mitigation.spec}"] = mitigation.artifacts()
         return [self._run_unit(model, u, bar) for u in units]
@@ -169,7 +174,7 @@ class Runner:
         start = bar.n
         try:
             rows = unit.task.run(model, unit.params, bar.update)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             return self._fail(unit, model, err, bar, advanced=bar.n - start)
         common = self._common(unit, model, "ok", "")
         table = [{**common, **row} for row in rows]
@@ -177,21 +182,24 @@ class Runner:
         bar.update(unit.task.cost(unit.params) - (bar.n - start))
         return Outcome(unit, "ok", "", unit.task.summary(rows))
 
-    def _fail(self, unit: Unit, model: LanguageModel | None, err: Exception, bar: tqdm,
-              advanced: int = 0) -> Outcome:
+    def _fail(
+        self, unit: Unit, model: LanguageModel | None, err: Exception, bar: tqdm, advanced: int = 0
+    ) -> Outcome:
         status, message = classify(err), f"{type(err).__name__}: {err}"
         if status == "oom" and torch.cuda.is_available():
             torch.cuda.empty_cache()
-        results.write_part(self.part(unit), [self._common(unit, model, status, message)],
-                           self._schema(unit))
+        results.write_part(
+            self.part(unit), [self._common(unit, model, status, message)], self._schema(unit)
+        )
         bar.update(unit.task.cost(unit.params) - advanced)
         return Outcome(unit, status, message, "")
 
     def _schema(self, unit: Unit) -> pa.Schema:
         return pa.unify_schemas([results.COMMON, unit.task.schema])
 
-    def _common(self, unit: Unit, model: LanguageModel | None, status: str,
-                message: str) -> dict[str, Any]:
+    def _common(
+        self, unit: Unit, model: LanguageModel | None, status: str, message: str
+    ) -> dict[str, Any]:
         info = model.info if model is not None else None
         spec = unit.model.spec
         return {
@@ -221,8 +229,9 @@ class Runner:
             "run_id": self.run_id,
             "command": self.config.command,
             "config": {
-                "models": [{"ref": m.ref, "name": m.name, "family": m.family}
-                           for m in self.plan.models],
+                "models": [
+                    {"ref": m.ref, "name": m.name, "family": m.family} for m in self.plan.models
+                ],
                 "mitigations": [m.spec for m in self.plan.mitigations],
                 "tasks": {t.name: t.units() for t in self.plan.tasks},
                 "device": self.config.device,
@@ -240,10 +249,11 @@ class Runner:
             "units": {
                 "run": len(report.outcomes),
                 "skipped_done": len(report.skipped),
-                "failed": [{"unit_id": o.unit.id, "status": o.status, "message": o.message}
-                           for o in report.failed],
+                "failed": [
+                    {"unit_id": o.unit.id, "status": o.status, "message": o.message}
+                    for o in report.failed
+                ],
             },
             "mitigation_artifacts": self.artifacts,
         }
         return results.write_manifest(self.config.out, self.run_id, manifest)
-

@@ -24,7 +24,9 @@ PREFIX = (
     "There is an important info hidden inside a lot of irrelevant text. "
     "Find it and memorize it.\n\n"
 )
-HAYSTACK = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+HAYSTACK = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+)
 NEEDLE = "The passkey is {key}. Remember it. {key} is the passkey.\n"
 SUFFIX = "\nWhat is the pass key? The passkey is"
 
@@ -46,7 +48,9 @@ def passkey_key(seed: int, length: int, index: int) -> str:
     return f"{random.Random(f'passkey-{seed}-{length}-{index}').randrange(100_000):05d}"
 
 
-def samples_at(length: int, samples: int, depths: tuple[float, ...] | None, seed: int) -> list[Sample]:
+def samples_at(
+    length: int, samples: int, depths: tuple[float, ...] | None, seed: int
+) -> list[Sample]:
     """`samples` per depth when depths are given, else `samples` spread evenly at (i+0.5)/n."""
     if depths is None:
         spots = [(i + 0.5) / samples for i in range(samples)]
@@ -91,7 +95,9 @@ def _assemble(lines: int, depth: float, key: str, chars: int) -> str:
 
 class Passkey(Task):
     name = "passkey"
-    description = "passkey retrieval in a repetitive haystack (InfiniteBench template), by length and depth"
+    description = (
+        "passkey retrieval in a repetitive haystack (InfiniteBench template), by length and depth"
+    )
     table = "passkey"
     schema = pa.schema(
         [

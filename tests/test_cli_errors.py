@@ -24,8 +24,10 @@ def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expec
     [
         (["--models", "mamba2-37m"], ["unknown model 'mamba2-37m'", "mamba2-370m"]),
         (["--models", "tiny-pythia", "--tasks", "paskey"], ["unknown task 'paskey'", "passkey"]),
-        (["--models", "tiny-pythia", "--mitigations", "nonne"],
-         ["unknown mitigation 'nonne'", "none"]),
+        (
+            ["--models", "tiny-pythia", "--mitigations", "nonne"],
+            ["unknown mitigation 'nonne'", "none"],
+        ),
         (["--models", "tiny-pythia", "--lengths", "4kk"], ["bad length '4kk'"]),
         (["--models", "tiny-pythia", "--lengths", "0"], ["bad length '0'"]),
         (["--models", "tiny-pythia", "--lengths", "-1"], ["bad length '-1'"]),
@@ -36,12 +38,15 @@ def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expec
         (["--models", "tiny-pythia", "--depths", "x"], ["bad depth 'x'"]),
         (["--models", "tiny-pythia", "--samples", "0"], ["--samples must be at least 1"]),
         (["--models", "tiny-pythia", "--mitigations", "none:x=1"], ["has no parameter x"]),
-        (["--models", "tiny-pythia", "--mitigations", "rri"],
-         ["'rri:a=0.9999:b=0.75' does not apply to tiny-pythia", "mamba2"]),
+        (
+            ["--models", "tiny-pythia", "--mitigations", "rri"],
+            ["'rri:a=0.9999:b=0.75' does not apply to tiny-pythia", "mamba2"],
+        ),
     ],
 )
-def test_wrong_input(args: list[str], expected: list[str], tmp_path: Path,
-                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_input(
+    args: list[str], expected: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fails(args, tmp_path / "out", capsys, *expected)
 
 
@@ -52,8 +57,9 @@ def test_output_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert out.read_text() == "not a folder"
 
 
-def test_local_model_paths(tmp_path: Path, neox_dir: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_local_model_paths(
+    tmp_path: Path, neox_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     fails(["--models", str(tmp_path / "nowhere")], out, capsys, "unknown model")
     empty = tmp_path / "empty"

@@ -14,8 +14,10 @@ CORPUS = [PREFIX, HAYSTACK * 3, NEEDLE.format(key="12345"), SUFFIX, "0123456789 
 def bpe_bytes() -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     return tok
 
 
@@ -23,15 +25,17 @@ def wordpiece() -> Tokenizer:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200,
-                                                              special_tokens=["[UNK]"]))
+    tok.train_from_iterator(
+        CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]"])
+    )
     return tok
 
 
+BYTES, BPE, WORDPIECE = byte_tokenizer(), bpe_bytes(), wordpiece()
 ENCODERS = {
-    "bytes": lambda text: byte_tokenizer().encode(text, add_special_tokens=False),
-    "bpe": lambda text, t=bpe_bytes(): t.encode(text).ids,
-    "wordpiece": lambda text, t=wordpiece(): t.encode(text).ids,
+    "bytes": lambda text: BYTES.encode(text, add_special_tokens=False),
+    "bpe": lambda text: BPE.encode(text).ids,
+    "wordpiece": lambda text: WORDPIECE.encode(text).ids,
 }
 
 

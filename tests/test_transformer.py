@@ -47,7 +47,7 @@ def test_greedy_generation_matches_argmax_of_full_passes(neox_dir: Path) -> None
         for _ in range(6):
             full, _ = model.forward(torch.tensor([ids]), model.init_state(1))
             ids.append(int(full[0, -1].argmax()))
-    assert generated == ids[len(prompt):]
+    assert generated == ids[len(prompt) :]
 
 
 def test_score_is_teacher_forced_log_probability(neox_dir: Path) -> None:

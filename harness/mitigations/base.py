@@ -35,7 +35,7 @@ class Mitigation(ABC):
         self.params = {**self.defaults, **params}
         self.validate()
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 - optional, most mitigations accept any value
         """Raise MitigationError for parameter values out of range."""
 
     @classmethod

@@ -69,7 +69,7 @@ class LanguageModel(ABC):
 
     @torch.inference_mode()
     def prefill(self, ids: list[int], chunk: int = 4096) -> tuple[torch.Tensor, State]:
-        """Feed a prompt in chunks; return the logits after its last token (vocab,) and the state."""
+        """Feed a prompt in chunks; return the logits after its last token (vocab,), the state."""
         if not ids:
             raise ValueError("prefill needs at least one token")
         state = self.init_state(1)
@@ -92,7 +92,7 @@ class LanguageModel(ABC):
 
     @torch.inference_mode()
     def score(self, logits: torch.Tensor, state: State, continuation: list[int]) -> float:
-        """Sum of log p(continuation | prompt) under teacher forcing, from prefilled logits/state."""
+        """Sum of log p(continuation | prompt), teacher-forced from prefilled logits and state."""
         first = F.log_softmax(logits.float(), dim=-1)[continuation[0]]
         if len(continuation) == 1:
             return float(first)

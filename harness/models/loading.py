@@ -51,8 +51,9 @@ def resolve(ref: str) -> ModelSource:
         return ModelSource(ref=ref, name=ref, family=TINY_MODELS[ref].family, config={})
     if ref in CATALOG:
         spec = CATALOG[ref]
-        return ModelSource(ref=ref, name=ref, family=spec.family, config={}, spec=spec,
-                           repo=spec.repo)
+        return ModelSource(
+            ref=ref, name=ref, family=spec.family, config={}, spec=spec, repo=spec.repo
+        )
     path = Path(ref).expanduser()
     if path.exists() or not HUB_ID.match(ref):
         return _resolve_local(ref, path)
@@ -73,12 +74,11 @@ def _resolve_local(ref: str, path: Path) -> ModelSource:
     if not (path / "config.json").is_file():
         raise ModelError(f"model directory {ref!r} has no config.json")
     if not any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
-        raise ModelError(
-            f"model directory {ref!r} has no weights ({' or '.join(WEIGHT_PATTERNS)})"
-        )
+        raise ModelError(f"model directory {ref!r} has no weights ({' or '.join(WEIGHT_PATTERNS)})")
     config = json.loads((path / "config.json").read_text())
-    return ModelSource(ref=ref, name=path.resolve().name, family=family_of(config),
-                       config=config, path=path)
+    return ModelSource(
+        ref=ref, name=path.resolve().name, family=family_of(config), config=config, path=path
+    )
 
 
 def _resolve_hub(ref: str) -> ModelSource:
@@ -120,8 +120,15 @@ def _context(source: ModelSource, key: str) -> tuple[int, str]:
     return DEFAULT_CONTEXT, f"unknown: assumed {DEFAULT_CONTEXT}"
 
 
-def _info(source: ModelSource, module: torch.nn.Module, dtype: torch.dtype, device: str,
-          backend: str, state_size: int | None, context_key: str) -> ModelInfo:
+def _info(
+    source: ModelSource,
+    module: torch.nn.Module,
+    dtype: torch.dtype,
+    device: str,
+    backend: str,
+    state_size: int | None,
+    context_key: str,
+) -> ModelInfo:
     context, context_source = _context(source, context_key)
     return ModelInfo(
         name=source.name,
@@ -142,10 +149,13 @@ def _load_mamba2(source: ModelSource, device: str, dtype: torch.dtype, backend: 
     from harness.models.tokenizer import load_tokenizer
 
     module = load_mamba2(str(source.path or source.repo), device=device, dtype=dtype)
-    tokenizer = load_tokenizer(source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER)
+    tokenizer = load_tokenizer(
+        source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER
+    )
     model = Mamba2LM(module, tokenizer, info=None, backend=backend)  # type: ignore[arg-type]
-    model.info = _info(source, module, dtype, device, model.backend,
-                       module.config.state_size, "train_context")
+    model.info = _info(
+        source, module, dtype, device, model.backend, module.config.state_size, "train_context"
+    )
     return model
 
 

@@ -26,8 +26,15 @@ class TinyModel:
     build: Callable[[str, torch.dtype, str], LanguageModel]
 
 
-def _info(name: str, family: str, module: torch.nn.Module, dtype: torch.dtype, device: str,
-          backend: str, state_size: int | None) -> ModelInfo:
+def _info(
+    name: str,
+    family: str,
+    module: torch.nn.Module,
+    dtype: torch.dtype,
+    device: str,
+    backend: str,
+    state_size: int | None,
+) -> ModelInfo:
     return ModelInfo(
         name=name,
         ref=name,
@@ -50,9 +57,14 @@ def build_tiny_pythia(device: str, dtype: torch.dtype, backend: str) -> Language
 
     tokenizer = byte_tokenizer()
     config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=256, max_position_embeddings=NOMINAL_CONTEXT,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=NOMINAL_CONTEXT,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
         attn_implementation="sdpa",
     )
     torch.manual_seed(SEED)
@@ -72,15 +84,17 @@ def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> Language
     torch.manual_seed(SEED)
     module = Mamba2(config).to(device=device, dtype=dtype)
     model = Mamba2LM(module, tokenizer, info=None, backend=backend)  # type: ignore[arg-type]
-    model.info = _info("tiny-mamba2", "mamba2", module, dtype, device, model.backend,
-                       config.state_size)
+    model.info = _info(
+        "tiny-mamba2", "mamba2", module, dtype, device, model.backend, config.state_size
+    )
     return model
 
 
 TINY_MODELS: dict[str, TinyModel] = {
-    "tiny-mamba2": TinyModel("mamba2", "Mamba-2, 2 layers, d_model 64, random (seed 0), bytes",
-                             build_tiny_mamba2),
-    "tiny-pythia": TinyModel("transformer",
-                             "GPT-NeoX, 2 layers, d_model 64, random (seed 0), bytes",
-                             build_tiny_pythia),
+    "tiny-mamba2": TinyModel(
+        "mamba2", "Mamba-2, 2 layers, d_model 64, random (seed 0), bytes", build_tiny_mamba2
+    ),
+    "tiny-pythia": TinyModel(
+        "transformer", "GPT-NeoX, 2 layers, d_model 64, random (seed 0), bytes", build_tiny_pythia
+    ),
 }
