@@ -1,0 +1,47 @@
+"""Forget more, remember less (v2+ of the paper: RRI, reduced retention and insertion).
+
+Every layer and head: the decay alpha_t <- a * alpha_t (an extra a^n over n tokens, a soft
+horizon of about 1/(1 - a) tokens) and the insertion B_t <- b * B_t. The scan keeps its form
+alpha_t = exp(dt_t * A_t), so the extra decay goes into a per-token A:
+
+    A'_t = A + log(a) / dt_t   =>   exp(dt_t * A'_t) = a * exp(dt_t * A) = a * alpha_t.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from harness.mitigations.base import Mitigation, MitigationError
+from harness.models.mamba2.hooks import Hooks, ScanInputs
+
+if TYPE_CHECKING:
+    from harness.models.base import LanguageModel
+
+
+class RRI(Mitigation):
+    name = "rri"
+    description = "forget more, remember less: alpha <- a*alpha, B <- b*B (paper: a=0.9999, b=0.75)"
+    families = frozenset({"mamba2"})
+    defaults: ClassVar[dict[str, Any]] = {"a": 0.9999, "b": 0.75}
+
+    def validate(self) -> None:
+        a, b = float(self.params["a"]), float(self.params["b"])
+        if not 0 < a <= 1:
+            raise MitigationError(f"rri: a is the extra decay per token, in (0, 1]; got {a}")
+        if not 0 < b < math.inf:
+            raise MitigationError(f"rri: b scales the insertion B, a finite number > 0; got {b}")
+        self.params = {"a": a, "b": b}
+
+    def hooks(self, model: LanguageModel) -> Hooks:
+        return Hooks(transform_inputs=self.transform)
+
+    def transform(self, layer: int, inputs: ScanInputs) -> ScanInputs:
+        """Scale alpha by a (through a per-token A, (b, l, h)) and B by b; 1 leaves it as is."""
+        a, b = self.params["a"], self.params["b"]
+        changes = {}
+        if a != 1:
+            changes["A"] = inputs.A + math.log(a) / inputs.dt  # (h,) + (b, l, h) -> (b, l, h)
+        if b != 1:
+            changes["B"] = inputs.B * b  # (b, l, g, n)
+        return inputs.with_(**changes)

@@ -1,0 +1,128 @@
+"""State normalization: clip each head's state to the norm it reaches at the training length.
+
+Per (layer, head) a threshold tau = mult * ||h||_F, the Frobenius norm of that head's state
+after a calibration input of T_train = model.info.train_context tokens fed from the zero state.
+While the model runs, every k tokens (at absolute positions that are multiples of k; k=1 is
+exact per token):
+
+    h <- h * min(1, tau / ||h||_F)
+
+which only ever shrinks the state (the released code multiplied by ||h|| / tau instead).
+
+Calibration inputs (`calib`):
+- `newline` (default): the newline prompt, the token ids of "\\n" * T_train repeated cyclically
+  to exactly T_train tokens; calibrated when the hooks are first made.
+- `eval`: the evaluation text itself. The caller (the task) passes its token ids to
+  `calibrate(model, ids)` before asking for the hooks; the first T_train of them are used.
+
+The run is deterministic (same model, same ids, same thresholds), and the thresholds are in
+`artifacts()` ({"tau": [[per head] per layer], "calib", "calib_tokens"}) so a run can be
+reproduced; `set_thresholds` puts recorded ones back without calibrating.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from harness.mitigations.base import Mitigation, MitigationError
+from harness.mitigations.engine import final_state_norms, head_count, layer_count
+from harness.models.mamba2.hooks import Hooks
+
+if TYPE_CHECKING:
+    from harness.models.base import LanguageModel
+
+CALIBRATIONS = ("newline", "eval")
+
+
+class StateNorm(Mitigation):
+    name = "state-norm"
+    description = "every k tokens, h <- h * min(1, tau/||h||) per head, tau from a calibration"
+    families = frozenset({"mamba2"})
+    defaults: ClassVar[dict[str, Any]] = {"k": 128, "mult": 1.0, "calib": "newline"}
+    edits_state: ClassVar[bool] = True  # installs hooks.transform_state on the plain h
+
+    def validate(self) -> None:
+        k, mult, calib = self.params["k"], float(self.params["mult"]), self.params["calib"]
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise MitigationError(
+                f"state-norm: k is the clipping interval, an integer >= 1; got {k!r}"
+            )
+        if not mult > 0:
+            raise MitigationError(
+                f"state-norm: mult scales the thresholds, a number > 0 or inf; got {mult}"
+            )
+        if calib not in CALIBRATIONS:
+            raise MitigationError(f"state-norm: calib={calib!r}; valid: {', '.join(CALIBRATIONS)}")
+        self.params = {"k": k, "mult": mult, "calib": calib}
+        self.tau: torch.Tensor | None = None  # (n_layer, nheads) float32, mult applied
+        self.calib_tokens = 0
+
+    def calibrate(self, model: LanguageModel, ids: list[int], under: Hooks | None = None) -> None:
+        """Thresholds from the state after the first T_train tokens of `ids`.
+
+        `under`: hooks to run the calibration with (a composite's earlier input transforms).
+        """
+        ids = list(ids[: model.info.train_context])
+        if not ids:
+            raise MitigationError("state-norm: the calibration input has no tokens")
+        norms = final_state_norms(model, ids, under)
+        self.set_thresholds(
+            norms * self.params["mult"]
+            if math.isfinite(self.params["mult"])
+            else torch.full_like(norms, math.inf)
+        )
+        self.calib_tokens = len(ids)
+
+    def set_thresholds(self, tau: torch.Tensor | list[list[float]]) -> None:
+        """Use recorded thresholds (n_layer, nheads), e.g. an earlier run's `artifacts()["tau"]`."""
+        self.tau = torch.as_tensor(tau, dtype=torch.float32)
+
+    def hooks(self, model: LanguageModel) -> Hooks:
+        return self.hooks_under(model, None)
+
+    def hooks_under(self, model: LanguageModel, under: Hooks | None) -> Hooks:
+        """Hooks, calibrating first (on the newline prompt, run with `under`) if not done yet."""
+        if self.tau is None:
+            if self.params["calib"] == "eval":
+                raise MitigationError(
+                    "state-norm:calib=eval calibrates on the evaluation text: call "
+                    "calibrate(model, ids) with its token ids before hooks(model)"
+                )
+            self.calibrate(model, newline_ids(model), under)
+        tau = self.tau
+        expected = (layer_count(model), head_count(model))
+        if tuple(tau.shape) != expected:
+            raise MitigationError(
+                f"state-norm: thresholds are {tuple(tau.shape)} (layers, heads), "
+                f"the model has {expected}"
+            )
+        return Hooks(transform_state=partial(clip, tau.to(model.device)), interval=self.params["k"])
+
+    def artifacts(self) -> dict[str, Any]:
+        if self.tau is None:
+            return {}
+        return {
+            "tau": self.tau.tolist(),
+            "calib": self.params["calib"],
+            "calib_tokens": self.calib_tokens,
+        }
+
+
+def clip(tau: torch.Tensor, layer: int, h: torch.Tensor, position: int) -> torch.Tensor:
+    """h (b, h, p, n) -> h * min(1, tau / ||h||_F) per (batch, head); tau (n_layer, nheads)."""
+    norm = torch.linalg.vector_norm(h.flatten(2), dim=-1)  # (b, h)
+    factor = (tau[layer] / norm).clamp(max=1.0)  # a zero state: tau / 0 = inf -> 1
+    return h * factor[..., None, None].to(h.dtype)
+
+
+def newline_ids(model: LanguageModel) -> list[int]:
+    """The newline prompt at the training length: "\\n" * T tokenized, cycled to T tokens."""
+    n = model.info.train_context
+    ids = model.encode("\n" * n)
+    if not ids:
+        raise MitigationError(f"state-norm: {model.info.name} encodes newlines to no tokens")
+    return [ids[i % len(ids)] for i in range(n)]
