@@ -21,6 +21,7 @@ from harness.plan import (
     parse_lengths,
     parse_mitigation,
     parse_models,
+    parse_task_options,
     parse_tasks,
 )
 from harness.runner import DTYPES, Report, RunConfig, Runner
@@ -62,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--depths", help="comma-separated needle depths in [0, 1]")
     run.add_argument("--samples", type=int, help="samples per length (per depth if --depths)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="a task setting, repeatable, e.g. perplexity.bucket=128 "
+        "(`harness list tasks` names each task's settings)",
+    )
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
     run.add_argument(
@@ -81,22 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_command(what: str) -> None:
-    table = Table(box=None, show_header=False)
+    """One line per name: the name, then its description."""
+    lines: dict[str, str] = {}
     if what == "models":
-        for name, tiny in TINY_MODELS.items():
-            table.add_row(name, tiny.description)
+        lines |= {name: tiny.description for name, tiny in TINY_MODELS.items()}
         for spec in CATALOG.values():
             state = f"state {spec.state_size / 1e6:.2f}M" if spec.state_size else "no state"
-            table.add_row(
-                spec.name,
-                f"{spec.params / 1e6:.0f}M params, {state}, trained at {spec.train_context} "
-                f"tokens, peer {spec.peer}: {spec.description}",
+            lines[spec.name] = (
+                f"{spec.description}; {spec.params / 1e6:.0f}M params, {state}, trained at "
+                f"{spec.train_context} tokens, peer {spec.peer}"
             )
+    elif what == "tasks":
+        for name, cls in registry.tasks().items():
+            settings = ", ".join(f"{k}={v}" for k, v in cls.settings_defaults.items())
+            lines[name] = cls.description + (f" [options: {settings}]" if settings else "")
     else:
-        found = registry.tasks() if what == "tasks" else registry.mitigations()
-        for name, cls in found.items():
-            table.add_row(name, cls.description)
-    Console().print(table)
+        for name, cls in registry.mitigations().items():
+            defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
+            lines[name] = cls.description + (f" [{defaults}]" if defaults else "")
+    width = max(map(len, lines)) + 2
+    for name, line in lines.items():
+        print(f"{name:<{width}}{line}")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -109,6 +123,7 @@ def run_command(args: argparse.Namespace) -> int:
         depths=parse_depths(args.depths) if args.depths is not None else None,
         samples=args.samples or (DEFAULT_SAMPLES if embedded else None),
         seed=args.seed,
+        extra=parse_task_options(args.option),
     )
     models = parse_models(args.models or DEFAULT_MODELS)
     mitigation_specs = args.mitigations or (DEFAULT_MITIGATIONS if embedded else "none")

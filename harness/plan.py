@@ -67,13 +67,31 @@ def _unknown(kind: str, name: str, valid: list[str]) -> UsageError:
     return UsageError(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(sorted(valid))}")
 
 
+def parse_task_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """['perplexity.bucket=128', ...] -> {'perplexity': {'bucket': '128'}}."""
+    extra: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        task, dot, key = target.partition(".")
+        if not (sep and dot and task and key):
+            raise UsageError(f"bad --option {item!r}: write <task>.<key>=<value>")
+        extra.setdefault(task, {})[key] = value
+    return extra
+
+
 def parse_tasks(text: str, options: TaskOptions) -> list[Task]:
     known = registry.tasks()
-    names = _split(text, "tasks")
-    for name in names:
+    names = list(dict.fromkeys(_split(text, "tasks")))
+    for name in [*names, *options.extra]:
         if name not in known:
             raise _unknown("task", name, list(known))
-    return [known[name](options) for name in dict.fromkeys(names)]
+    for name in options.extra:
+        if name not in names:
+            raise UsageError(f"--option for task {name!r}, which is not in --tasks")
+    try:
+        return [known[name](options) for name in names]
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def parse_mitigation(spec: str) -> Mitigation:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -30,6 +30,7 @@ class TaskOptions:
     depths: tuple[float, ...] | None = None
     samples: int | None = None
     seed: int = 0
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> key -> value
 
 
 class Task(ABC):
@@ -38,9 +39,28 @@ class Task(ABC):
     table: ClassVar[str]  # results/<table>/
     schema: ClassVar[pa.Schema]  # the task's own columns (the runner adds the common ones)
     families: ClassVar[frozenset[str]] = frozenset({"mamba2", "transformer"})
+    settings_defaults: ClassVar[dict[str, Any]] = {}  # what `--option <task>.key=value` sets
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options
+        self.settings = self.parse_settings(options.extra.get(self.name, {}))
+
+    @classmethod
+    def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
+        """The task's settings: defaults overridden by `raw`, converted to the defaults' types."""
+        settings = dict(cls.settings_defaults)
+        for key, value in raw.items():
+            if key not in settings:
+                valid = ", ".join(sorted(settings)) or "none"
+                raise ValueError(f"task {cls.name!r} has no option {key!r}; valid: {valid}")
+            kind = type(settings[key])
+            try:
+                settings[key] = _convert(value, kind)
+            except ValueError:
+                raise ValueError(
+                    f"task {cls.name!r} option {key}={value!r} is not a {kind.__name__}"
+                ) from None
+        return settings
 
     @abstractmethod
     def units(self) -> list[dict[str, Any]]:
@@ -57,3 +77,11 @@ class Task(ABC):
     def summary(self, rows: list[dict[str, Any]]) -> str:
         """One short human line about a finished unit, for the end-of-run table."""
         return f"{len(rows)} rows"
+
+
+def _convert(value: str, kind: type) -> Any:
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1", "yes")
+    return value if kind is type(None) else kind(value)

@@ -38,6 +38,9 @@ def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expec
         (["--models", "tiny-pythia", "--depths", "x"], ["bad depth 'x'"]),
         (["--models", "tiny-pythia", "--samples", "0"], ["--samples must be at least 1"]),
         (["--models", "tiny-pythia", "--mitigations", "none:x=1"], ["has no parameter x"]),
+        (["--models", "tiny-pythia", "--option", "passkey.x=1"], ["has no option 'x'"]),
+        (["--models", "tiny-pythia", "--option", "passkey"], ["bad --option 'passkey'"]),
+        (["--models", "tiny-pythia", "--option", "pasky.x=1"], ["unknown task 'pasky'"]),
         (
             ["--models", "tiny-pythia", "--mitigations", "rri"],
             ["'rri:a=0.9999:b=0.75' does not apply to tiny-pythia", "mamba2"],
