@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import registry
+from harness.mitigations import parse_mitigation as parse_spec
 from harness.mitigations.base import Mitigation, MitigationError
 from harness.models.loading import ModelError, ModelSource, resolve
 from tasks.base import Task, TaskOptions
@@ -95,13 +96,9 @@ def parse_tasks(text: str, options: TaskOptions) -> list[Task]:
 
 
 def parse_mitigation(spec: str) -> Mitigation:
-    """`name` or `name:key=value:...`."""
-    known = registry.mitigations()
-    name, *fields = spec.split(":")
-    if name not in known:
-        raise _unknown("mitigation", name, list(known))
+    """`name`, `name:key=value:...`, or parts joined by `+` (see harness.mitigations)."""
     try:
-        return known[name].parse(fields)
+        return parse_spec(spec, registry.mitigations())
     except MitigationError as err:
         raise UsageError(str(err)) from None
 
