@@ -1,0 +1,186 @@
+"""Loss by position (paper-notes.md section 6): per-token cross-entropy of long sequences,
+averaged over buckets of positions.
+
+One unit per sequence length. Its documents come from a text source (tasks/sources.py): a
+synthetic prompt (one document), local files or a dataset (`documents` of them, short ones
+skipped or concatenated as `short_docs` says). Each document streams through the model in
+`chunk`-token pieces with the state carried exactly (`LanguageModel.token_losses`).
+
+Positions: the token at position p (0-based) has the loss -log p(token_p | tokens_<p), so
+positions 1..length-1 are scored. Bucket k covers positions [k*bucket, (k+1)*bucket) cut at
+the length; the first bucket has one loss fewer than its width, and the counts of all buckets
+add up to length - 1. The paper drops the first and last bucket in its plots; the rows keep
+every bucket (a plot can drop them). `beyond_context`: the whole bucket lies at positions
+the model never saw in training (start >= train_context).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import torch
+
+from harness.models.base import LanguageModel
+from tasks.base import NonFiniteError, Progress, Task
+from tasks.settings import require_choice, require_positive
+from tasks.sources import SHORT_DOC_POLICIES, SYNTHETIC, Document, documents, resolve
+from tasks.streaming import token_losses
+
+DEFAULT_LENGTHS = (16384,)
+LARGEST_EXPONENT = 709.0  # math.exp overflows above this
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: int  # first position of the bucket (inclusive)
+    end: int  # last position + 1
+    count: int  # scored positions in it
+    mean_loss: float
+
+
+def buckets(losses: torch.Tensor, size: int) -> list[Bucket]:
+    """Mean losses per bucket of `size` positions; losses[i] is the loss at position i + 1."""
+    length = len(losses) + 1
+    found = []
+    for start in range(0, length, size):
+        end = min(start + size, length)
+        scored = losses[max(start, 1) - 1 : end - 1]
+        if len(scored):
+            found.append(Bucket(start, end, len(scored), float(scored.double().mean())))
+    return found
+
+
+def check_finite(losses: torch.Tensor, what: str) -> None:
+    """NonFiniteError naming the first position whose loss is NaN or infinite."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        raise NonFiniteError(
+            f"non-finite loss at position {int(bad[0]) + 1} of {what} "
+            f"({len(bad)} of {len(losses)} positions)"
+        )
+
+
+def loss_buckets(
+    model: LanguageModel, ids: list[int], bucket: int, chunk: int, progress: Progress, what: str
+) -> list[Bucket]:
+    """Bucket means of the per-token losses of `ids`, streamed in `chunk`-token pieces."""
+    losses = token_losses(model, ids, chunk, progress)
+    check_finite(losses, what)
+    return buckets(losses, bucket)
+
+
+def perplexity(mean_loss: float) -> float:
+    return math.exp(mean_loss) if mean_loss < LARGEST_EXPONENT else math.inf
+
+
+class Perplexity(Task):
+    name = "perplexity"
+    description = "loss by token position (bucket means) on synthetic prompts, files or datasets"
+    table = "perplexity"
+    schema = pa.schema(
+        [
+            ("source", pa.string()),
+            ("split", pa.string()),
+            ("short_docs", pa.string()),
+            ("length", pa.int64()),
+            ("document", pa.int64()),  # index within the unit
+            ("parts", pa.string()),  # source document ids it is made of, comma-separated
+            ("skipped", pa.int64()),  # source documents passed over before it
+            ("bucket_size", pa.int64()),
+            ("start", pa.int64()),
+            ("end", pa.int64()),
+            ("count", pa.int64()),
+            ("mean_loss", pa.float64()),
+            ("perplexity", pa.float64()),
+            ("beyond_context", pa.bool_()),
+        ]
+    )
+    settings_defaults: ClassVar[dict[str, Any]] = {
+        "source": "newlines",
+        "column": "text",
+        "split": "auto",
+        "documents": 1,
+        "short_docs": "skip",
+        "bucket": 128,
+        "chunk": 2048,
+    }
+
+    @classmethod
+    def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
+        settings = super().parse_settings(raw)
+        require_positive(cls.name, settings, ("documents", "bucket", "chunk"))
+        require_choice(cls.name, settings, "short_docs", SHORT_DOC_POLICIES)
+        resolve(settings["source"], settings["column"], settings["split"])
+        return settings
+
+    def units(self) -> list[dict[str, Any]]:
+        lengths = self.options.lengths or DEFAULT_LENGTHS
+        return [{"length": n, **self.settings} for n in lengths]
+
+    def cost(self, params: dict[str, Any]) -> int:
+        count = 1 if params["source"] in SYNTHETIC else params["documents"]
+        return params["length"] * count
+
+    def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
+        if params["length"] < 2:
+            raise ValueError(
+                f"perplexity needs a length of at least 2 tokens, got {params['length']}"
+            )
+        source = resolve(params["source"], params["column"], params["split"])
+        docs = documents(
+            source,
+            model.encode,
+            params["length"],
+            params["documents"],
+            params["short_docs"],
+            model.eos_token_id,
+        )
+        rows = []
+        for index, doc in enumerate(docs):
+            found = loss_buckets(
+                model, doc.ids, params["bucket"], params["chunk"], progress, f"document {index}"
+            )
+            rows += [self._row(model, params, source.split, index, doc, b) for b in found]
+        return rows
+
+    def _row(
+        self,
+        model: LanguageModel,
+        params: dict[str, Any],
+        split: str,
+        index: int,
+        doc: Document,
+        bucket: Bucket,
+    ) -> dict[str, Any]:
+        return {
+            "source": params["source"],
+            "split": None if params["source"] in SYNTHETIC else split,
+            "short_docs": params["short_docs"],
+            "length": params["length"],
+            "document": index,
+            "parts": ",".join(doc.parts),
+            "skipped": doc.skipped,
+            "bucket_size": params["bucket"],
+            "start": bucket.start,
+            "end": bucket.end,
+            "count": bucket.count,
+            "mean_loss": bucket.mean_loss,
+            "perplexity": perplexity(bucket.mean_loss),
+            "beyond_context": bucket.start >= model.info.train_context,
+        }
+
+    def summary(self, rows: list[dict[str, Any]]) -> str:
+        inside = [r for r in rows if not r["beyond_context"]]
+        beyond = [r for r in rows if r["beyond_context"]]
+        docs = len({r["document"] for r in rows})
+        parts = [f"{docs} doc(s)"]
+        for label, group in (("in context", inside), ("beyond", beyond)):
+            if group:
+                loss = sum(r["mean_loss"] * r["count"] for r in group) / sum(
+                    r["count"] for r in group
+                )
+                parts.append(f"ppl {label} {perplexity(loss):.3g}")
+        return ", ".join(parts)
