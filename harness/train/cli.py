@@ -1,0 +1,178 @@
+"""`harness train`: its arguments, and the command that checks them and runs the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from harness.train.checkpoint import ResumeError, has_state
+from harness.train.data import DataError, Encode, parse_mixture
+from harness.train.loop import TrainConfig, Trainer
+from harness.train.models import FAMILIES, ModelChoiceError, Shape, Trainable, build, load
+
+EXAMPLE = (
+    "harness train --model mamba2 --data text:books/@0.5 --data passkey@0.5 "
+    "--segment-length 512 --segments 1 --steps 600 --out runs/m2-512"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Train a Mamba-2 or GPT-NeoX model from scratch, or continue a checkpoint, on samples "
+        "of --segments x --segment-length tokens with the state carried between segments "
+        f"and detached (TBPTT). Example: {EXAMPLE}"
+    )
+    what = parser.add_argument_group("model and data")
+    what.add_argument(
+        "--model",
+        required=True,
+        help=f"a family to train from scratch ({', '.join(FAMILIES)}) or a checkpoint to "
+        "continue (local dir, catalog name, hub id)",
+    )
+    what.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="repeatable: text:PATH (file or dir of *.txt), hf:NAME[:CONFIG]:SPLIT, or "
+        "passkey; each optionally @RATIO (relative weight), e.g. --data text:books@0.7",
+    )
+    what.add_argument(
+        "--passkey-loss",
+        choices=["answer", "all"],
+        default="answer",
+        help="passkey samples: loss on the answer tokens only (default) or on every token",
+    )
+    what.add_argument("--out", type=Path, required=True, help="run directory (the checkpoint)")
+    what.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    what.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="from scratch: a tokenizer dir or tokenizer.json (default: 256 bytes + EOS)",
+    )
+
+    shape = parser.add_argument_group("shape, when training from scratch")
+    defaults = Shape()
+    for name, help_text in [
+        ("d_model", "width"),
+        ("n_layer", "layers"),
+        ("d_state", "Mamba-2 state dimension N"),
+        ("headdim", "Mamba-2 head dimension P"),
+        ("n_head", "GPT-NeoX attention heads"),
+        ("d_ff", "GPT-NeoX MLP width"),
+    ]:
+        flag = "--" + name.replace("_", "-")
+        shape.add_argument(flag, type=int, default=getattr(defaults, name), help=help_text)
+
+    run = parser.add_argument_group("optimisation")
+    run.add_argument("--segment-length", type=int, default=512, help="T: tokens per segment")
+    run.add_argument("--segments", type=int, default=1, help="P: segments chained per sample")
+    run.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    run.add_argument("--batch-size", type=int, default=16, help="samples per step")
+    run.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    run.add_argument("--min-lr", type=float, default=0.0, help="rate at the end of the decay")
+    run.add_argument("--warmup", type=int, default=100, help="warmup steps")
+    run.add_argument("--decay", type=float, default=0.2, help="fraction of steps decaying")
+    run.add_argument("--weight-decay", type=float, default=0.1)
+    run.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    run.add_argument("--seed", type=int, default=0, help="weights and data order")
+    run.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run `harness train`; 2 on wrong input (with a message naming the problem)."""
+    from harness.models.loading import pick_device
+
+    try:
+        _check_numbers(args)
+        if has_state(args.out) and not args.resume:
+            raise ResumeError(
+                f"{args.out} holds a training run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        model = _model(args)
+        data = parse_mixture(
+            args.data, _encoder(model), model.tokenizer.eos_token_id, args.passkey_loss
+        )
+        config = TrainConfig(
+            out=args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            segment_length=args.segment_length,
+            segments=args.segments,
+            lr=args.lr,
+            min_lr=args.min_lr,
+            warmup=args.warmup,
+            decay=args.decay,
+            weight_decay=args.weight_decay,
+            clip=args.clip,
+            seed=args.seed,
+            save_every=args.save_every,
+            device=pick_device(args.device),
+        )
+        meta = {"command": "harness train " + shlex.join(sys.argv[2:]), "data": args.data}
+        trainer = Trainer(model, data, config, meta)
+        summary = trainer.run(resume=args.resume)
+    except (DataError, ModelChoiceError, ResumeError, ValueError) as err:
+        print(f"harness train: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"trained {summary['params']:,} parameters for {args.steps} steps; final loss "
+        f"{summary['final_loss']:.4f} {summary['final_loss_by_source']}; saved to {args.out}"
+    )
+    return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    positive = ("segment_length", "segments", "steps", "batch_size", "save_every")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.lr > 0 or args.min_lr < 0 or args.weight_decay < 0 or not args.clip > 0:
+        raise ValueError("--lr and --clip must be > 0, --min-lr and --weight-decay >= 0")
+
+
+def _model(args: argparse.Namespace) -> Trainable:
+    if args.model not in FAMILIES:
+        return load(args.model)
+    shape = Shape(
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        d_state=args.d_state,
+        headdim=args.headdim,
+        n_head=args.n_head,
+        d_ff=args.d_ff,
+    )
+    return build(args.model, shape, _tokenizer(args.tokenizer), args.seed)
+
+
+def _tokenizer(path: Path | None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from harness.models.tokenizer import EOS, byte_tokenizer
+
+    if path is None:
+        return byte_tokenizer()
+    if not path.exists():
+        raise ValueError(f"tokenizer {str(path)!r} does not exist")
+    if path.is_file():
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {str(path)!r} has no end-of-text token ({EOS})")
+    return tokenizer
+
+
+def _encoder(model: Trainable) -> Encode:
+    tokenizer = model.tokenizer
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    return encode
