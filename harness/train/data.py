@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from tasks.passkey import build_prompt
+from tasks.passkey import HAYSTACK, NEEDLE, PREFIX, SUFFIX, build_prompt
 
 Encode = Callable[[str], list[int]]
 PasskeyLoss = Literal["answer", "all"]
@@ -64,7 +64,9 @@ class TokenStream:
 
 @dataclass(frozen=True)
 class PasskeySamples:
-    """A passkey prompt followed by its answer: the needle at a random depth, a random key."""
+    """A passkey prompt followed by its answer: a random key at a random depth, the prompt
+    length uniform between the shortest the template allows and the sample length (short
+    distances make retrieval learnable early), left-padded with `pad_id` out of the loss."""
 
     encode: Encode
     pad_id: int
@@ -75,8 +77,16 @@ class PasskeySamples:
         key = f"{rng.randrange(100_000):05d}"
         depth = rng.random()
         answer = self.encode(" " + key)
-        prompt = self.encode(build_prompt(self.encode, length + 1 - len(answer), depth, key))
-        pad = length + 1 - len(prompt) - len(answer)  # a token short where BPE merged
+        shortest = len(self.encode(PREFIX + NEEDLE.format(key=key) + SUFFIX + HAYSTACK))
+        longest = length + 1 - len(answer)
+        if shortest > longest:
+            raise DataError(
+                f"passkey samples need at least {shortest + len(answer) - 1} tokens; "
+                f"the sample length is {length}"
+            )
+        target = rng.randint(shortest, longest)
+        prompt = self.encode(build_prompt(self.encode, target, depth, key))
+        pad = length + 1 - len(prompt) - len(answer)
         ids = [self.pad_id] * pad + prompt + answer
         if self.loss == "all":
             mask = [i >= pad for i in range(length)]

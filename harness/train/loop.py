@@ -4,8 +4,10 @@ Each sample is `segments` x `segment_length` tokens. The segments go through the
 order, the state of one handed to the next and detached from the graph in between (paper-
 notes section 3.4): the model learns from states it built over the whole sample, gradients
 stay within a segment. A segment without loss targets (e.g. a passkey haystack when the loss
-is on the answer only) runs without a graph. Loss is the mean over all target tokens of the
-batch; AdamW with decoupled weight decay on matrices, gradient clipping, a WSD schedule.
+is on the answer only) runs without a graph. The loss is the mean over samples of each
+sample's mean target loss, so a passkey sample scored on its 6 answer tokens weighs as much as
+a text sample scored on all of them. AdamW with weight decay on matrices, gradient clipping,
+a WSD schedule.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class TrainConfig:
 class StepLog:
     step: int
     lr: float
-    loss: float  # mean loss per target token of the batch
+    loss: float  # mean over the batch's samples of their mean target loss
     by_source: dict[str, float]  # the same, per data source present in the batch
     grad_norm: float
 
@@ -113,41 +115,37 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.module.parameters(), config.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        counts = batch.mask.sum(1)
         return StepLog(
             step=step,
             lr=lr,
-            loss=float(row_losses.sum() / counts.sum().clamp(min=1)),
-            by_source=self._by_source(batch, row_losses, counts),
+            loss=float(row_losses.mean()),
+            by_source=self._by_source(batch, row_losses),
             grad_norm=float(grad_norm),
         )
 
     def tbptt(self, batch: Batch) -> torch.Tensor:
-        """Forward and backward over the segments of `batch`; the summed loss of each row."""
+        """Forward and backward over the segments of `batch`; each row's mean target loss."""
         ids, mask = batch.ids.to(self.device), batch.mask.to(self.device)
-        total = mask.sum().clamp(min=1)
+        row_weights = 1 / (mask.sum(1, keepdim=True).clamp(min=1) * len(ids))
         row_losses = torch.zeros(len(ids))
         state = self.model.initial_state(len(ids))
         for inputs, targets, weights in segments(ids, mask, self.config.segment_length):
             with torch.set_grad_enabled(bool(weights.any())):
                 logits, state = self.model.forward(inputs, state)
                 losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-                losses = losses * weights
+                losses = losses * weights * row_weights
                 if losses.requires_grad:
-                    (losses.sum() / total).backward()
-            row_losses += losses.detach().sum(1).cpu()
+                    losses.sum().backward()
+            row_losses += losses.detach().sum(1).cpu() * len(ids)
             state = detach_state(state)
         return row_losses
 
-    def _by_source(
-        self, batch: Batch, row_losses: torch.Tensor, counts: torch.Tensor
-    ) -> dict[str, float]:
-        out = {}
-        for index, source in enumerate(self.data.sources):
-            rows = batch.source == index
-            if rows.any() and counts[rows].sum() > 0:
-                out[source.name] = float(row_losses[rows].sum() / counts[rows].sum())
-        return out
+    def _by_source(self, batch: Batch, row_losses: torch.Tensor) -> dict[str, float]:
+        return {
+            source.name: float(row_losses[batch.source == index].mean())
+            for index, source in enumerate(self.data.sources)
+            if (batch.source == index).any()
+        }
 
     def _truncate_log(self, start: int) -> None:
         """Drop log lines of steps at or after `start` (logged after the last checkpoint)."""
