@@ -1,0 +1,148 @@
+"""From a results folder to a Leaderboard: load, resolve clashing settings, aggregate, draw.
+
+A section is left out when its table, or a column it needs, is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from harness.leaderboard import figures, tables
+from harness.leaderboard.columns import (
+    CELLS,
+    FACTS,
+    MODEL,
+    PASSKEY,
+    PERPLEXITY,
+    STATE_CAPACITY,
+    STATE_STATS,
+)
+from harness.leaderboard.conflicts import resolve
+from harness.leaderboard.figures import Plot
+from harness.leaderboard.load import load_results
+
+DEFAULT_THRESHOLD = 0.95
+DEFAULT_POSITIONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class Options:
+    threshold: float = DEFAULT_THRESHOLD  # passkey accuracy an effective length needs
+    positions: tuple[float, ...] = DEFAULT_POSITIONS  # perplexity columns, x training length
+
+
+@dataclass
+class Leaderboard:
+    source: Path
+    options: Options
+    main: pd.DataFrame  # one row per (model, mitigation), numeric
+    failures: pd.DataFrame  # one row per unit with status != ok
+    plots: dict[str, list[Plot]]  # model -> its figures
+    warnings: list[str]
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def build(root: Path, options: Options, draw: bool = True) -> Leaderboard:
+    """The leaderboard of every result under `root` (NoResultsError when there is none);
+    without `draw`, the tables only."""
+    results = load_results(root)
+    warnings = list(results.problems)
+    resolved = {}
+    for name, frame in results.tables.items():
+        if name in CELLS:
+            outcome = resolve(frame, name)
+            resolved[name] = outcome.rows
+            warnings += outcome.warnings
+    everything = list(results.tables.values())
+    facts = tables.first_valid(everything, FACTS)
+    contexts = tables.train_contexts(facts)
+    failed = tables.failures(results.tables)
+    ok_frames = [f for f in resolved.values() if len(f)]
+    provenance = tables.provenance(ok_frames or everything, results.device_names)
+    warnings += tables.mixed_dtypes(provenance)
+    columns = [
+        facts,
+        *sections(resolved, results.tables, contexts, options, warnings),
+        tables.failure_counts(failed),
+        provenance,
+    ]
+    main = tables.main_table(tables.row_keys(everything), columns)
+    models = main[MODEL].unique() if draw else []
+    plots = {model: model_plots(model, resolved, contexts) for model in models}
+    return Leaderboard(root, options, main, failed, {m: p for m, p in plots.items() if p}, warnings)
+
+
+def sections(
+    resolved: dict[str, pd.DataFrame],
+    raw: dict[str, pd.DataFrame],
+    contexts: pd.Series,
+    options: Options,
+    warnings: list[str],
+) -> list[pd.DataFrame]:
+    """The main table's passkey, perplexity and state-capacity columns, where available."""
+    found = []
+    passkey = resolved.get(PASSKEY.table)
+    if usable(passkey, PASSKEY.table, [PASSKEY.correct], warnings):
+        raw_passkey = raw[PASSKEY.table]
+        found.append(tables.passkey_columns(passkey, raw_passkey, options.threshold))
+    losses = perplexity_losses(resolved, warnings)
+    if losses is not None:
+        found.append(tables.perplexity_columns(losses, contexts, options.positions))
+    capacity = resolved.get(STATE_CAPACITY.table)
+    wanted = [STATE_CAPACITY.collapse_length, STATE_CAPACITY.recall_length]
+    if capacity is not None and any(c in capacity.columns for c in wanted):
+        found.append(tables.capacity_columns(capacity))
+    return found
+
+
+def usable(frame: pd.DataFrame | None, table: str, needed: list[str], warnings: list[str]) -> bool:
+    """Whether a resolved table is present with the columns a section needs."""
+    if frame is None:
+        return False
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        warnings.append(f"{table}: section left out, no column {', '.join(missing)}")
+    return not missing
+
+
+def perplexity_losses(
+    resolved: dict[str, pd.DataFrame], warnings: list[str]
+) -> pd.DataFrame | None:
+    rows = resolved.get(PERPLEXITY.table)
+    if rows is None:
+        return None
+    losses = tables.bucket_losses(rows)
+    if losses is None:
+        needed = f"{PERPLEXITY.start}, {PERPLEXITY.end}, {PERPLEXITY.mean_loss}"
+        warnings.append(f"{PERPLEXITY.table}: section left out, it needs columns {needed}")
+    return losses
+
+
+def model_context(contexts: pd.Series, model: str) -> float:
+    own = contexts[contexts.index.get_level_values(MODEL) == model].dropna()
+    return float(own.iloc[0]) if len(own) else math.nan
+
+
+def model_plots(model: str, resolved: dict[str, pd.DataFrame], contexts: pd.Series) -> list[Plot]:
+    """The figures of one model that its results allow: heatmap, loss curves, state norms."""
+    context = model_context(contexts, model)
+    own = {name: frame[frame[MODEL] == model] for name, frame in resolved.items()}
+    plots = []
+    passkey = own.get(PASSKEY.table)
+    if passkey is not None and len(passkey) and PASSKEY.depth in passkey.columns:
+        plots.append(figures.passkey_heatmap(model, tables.passkey_heatmaps(passkey)))
+    losses = tables.bucket_losses(own[PERPLEXITY.table]) if PERPLEXITY.table in own else None
+    if losses is not None and len(losses):
+        plots.append(figures.loss_by_position(model, tables.loss_curves(losses), context))
+    stats = own.get(STATE_STATS.table)
+    norms = tables.head_norms(stats) if stats is not None and len(stats) else None
+    if norms is not None:
+        heads = tables.collapsing_heads(stats, norms, context)
+        if heads:
+            plots.append(figures.state_norms(model, norms, heads, context))
+    return plots

@@ -1,0 +1,88 @@
+"""Every result column the leaderboard reads, in one place: align them here when a schema moves.
+
+Common columns come from harness.results.COMMON (plus `model` and `mitigation` from the hive
+folders); the per-table ones from each task's schema. A section whose table or columns are
+absent is left out of the leaderboard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# harness.results.COMMON and the hive folders
+MODEL = "model"
+MITIGATION = "mitigation"
+STATUS = "status"
+OK = "ok"
+MESSAGE = "message"
+UNIT_ID = "unit_id"
+RUN_ID = "run_id"
+UNIT_PARAMS = "unit_params"
+SEED = "seed"
+DTYPE = "dtype"
+DEVICE = "device"
+VERSION = "harness_version"
+COMMIT = "git_commit"
+CREATED = "created_at"
+FAMILY = "family"
+PARAMS = "params"
+STATE_SIZE = "state_size"
+TRAIN_CONTEXT = "train_context"
+
+ROW = (MODEL, MITIGATION)  # one leaderboard row
+FACTS = (FAMILY, PARAMS, STATE_SIZE, TRAIN_CONTEXT)  # about the model, repeated on every row
+SETTINGS = (DTYPE, SEED, UNIT_PARAMS)  # must agree within one cell (see conflicts.py)
+REQUIRED = (*ROW, STATUS, CREATED)  # a table without these is skipped with a warning
+
+
+@dataclass(frozen=True)
+class Passkey:
+    table: str = "passkey"
+    length: str = "length"  # target prompt length in tokens; also the key in unit_params
+    depth: str = "depth"  # 0 = needle first, 1 = needle last
+    correct: str = "correct"
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    table: str = "perplexity"
+    source: str = "source"  # newlines, a file, a dataset: never averaged together
+    length: str = "length"  # tokens per document of the unit
+    document: str = "document"  # index within the unit
+    start: str = "start"  # first token position of the bucket (inclusive)
+    end: str = "end"  # last token position of the bucket (exclusive)
+    tokens: str = "count"  # tokens scored in the bucket: the weight across documents
+    mean_loss: str = "mean_loss"  # nats per token
+    perplexity: str = "perplexity"  # exp(mean_loss): used when mean_loss is absent
+
+
+@dataclass(frozen=True)
+class StateStats:
+    table: str = "state_stats"
+    layer: str = "layer"
+    head: str = "head"
+    position: str = "position"
+    norm: str = "norm"
+    collapsing: str = "collapsing"  # the task's per-head verdict (bool); optional
+
+
+@dataclass(frozen=True)
+class StateCapacity:
+    table: str = "state_capacity"
+    collapse_length: str = "collapse_length"
+    recall_length: str = "recall_length"
+
+
+PASSKEY = Passkey()
+PERPLEXITY = Perplexity()
+STATE_STATS = StateStats()
+STATE_CAPACITY = StateCapacity()
+
+# What one cell is, per table, beside (model, mitigation): rows of one cell must share SETTINGS.
+# Columns absent from a table are left out of its cells.
+CELLS: dict[str, tuple[str, ...]] = {
+    PASSKEY.table: (PASSKEY.length,),
+    PERPLEXITY.table: (PERPLEXITY.source, PERPLEXITY.length, PERPLEXITY.document, PERPLEXITY.start),
+    STATE_STATS.table: (STATE_STATS.layer, STATE_STATS.head, STATE_STATS.position),
+    STATE_CAPACITY.table: (),
+}

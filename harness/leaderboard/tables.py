@@ -1,0 +1,356 @@
+"""Aggregation: the leaderboard's numbers from the resolved rows of each table.
+
+Definitions (also printed under the table, see render.py):
+- Passkey accuracy at a length: the share of ok samples whose greedy output held the key.
+- Effective length (RULER style): going up the lengths attempted for a row (by ok or failed
+  units), the last length before the first one that fails: accuracy below the threshold, or no
+  ok result there (out of memory, non-finite, error). 0 when the shortest length fails; empty
+  when the row has no passkey results.
+- Perplexity at m x the training length: exp of the token-weighted mean loss, over documents,
+  of the bucket holding token number p = round(m * train_context) (start < p <= end). Per
+  source (newlines, a dataset...) only the longest unit counts; sources are never averaged.
+- Collapse and recall lengths: as the state_capacity task wrote them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.leaderboard.columns import (
+    COMMIT,
+    CREATED,
+    DEVICE,
+    DTYPE,
+    FACTS,
+    MESSAGE,
+    MITIGATION,
+    MODEL,
+    OK,
+    PASSKEY,
+    PERPLEXITY,
+    ROW,
+    RUN_ID,
+    SEED,
+    STATE_CAPACITY,
+    STATE_STATS,
+    STATUS,
+    TRAIN_CONTEXT,
+    UNIT_ID,
+    UNIT_PARAMS,
+    VERSION,
+)
+
+ACC, N = "acc_", "n_"  # per-length passkey columns: acc_2K (accuracy), n_2K (samples)
+EFFECTIVE = "effective_length"
+PASSKEY_N = "passkey_samples"
+FAILED = "failed_units"
+RUN_DATE, RUN_IDS = "run_date", "run_ids"
+PROVENANCE = (DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_DATE, RUN_IDS)
+MAX_DEPTH_BINS = 10  # as the paper's heatmaps
+NORM_HEADS = 6  # state-norm curves drawn per model
+LARGEST_EXPONENT = 700.0  # exp() of more overflows a float: such a perplexity is infinite
+
+
+def token_label(tokens: float) -> str:
+    """1024 -> '1K', 1536 -> '1.5K', 2**20 -> '1M', 500 -> '500'."""
+    for size, suffix in ((1024 * 1024, "M"), (1024, "K")):
+        if tokens >= size:
+            return f"{tokens / size:g}{suffix}"
+    return f"{tokens:g}"
+
+
+def row_keys(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Every (model, mitigation) seen in any table, 'none' first within a model."""
+    keys = pd.concat([t[list(ROW)] for t in tables]).drop_duplicates()
+    plain_last = keys.assign(_plain=keys[MITIGATION] != "none")
+    ordered = plain_last.sort_values([MODEL, "_plain", MITIGATION])
+    return ordered[list(ROW)].reset_index(drop=True)
+
+
+def first_valid(tables: Iterable[pd.DataFrame], columns: Iterable[str]) -> pd.DataFrame:
+    """Per (model, mitigation): the first non-null value of each column found in any table."""
+    wanted = list(columns)
+    frames = [t[[*ROW, *(c for c in wanted if c in t.columns)]] for t in tables]
+    return pd.concat(frames).groupby(list(ROW)).first().reset_index()
+
+
+def records_frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """A frame of `records` (each may add columns); just `columns` when there are none."""
+    return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
+
+
+def failures(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The rows with status != ok, one per failed unit, newest first."""
+    columns = [UNIT_ID, *ROW, STATUS, MESSAGE, RUN_ID, CREATED]
+    frames = [
+        t.loc[t[STATUS] != OK, [c for c in columns if c in t.columns]].assign(table=name)
+        for name, t in tables.items()
+    ]
+    return pd.concat(frames).sort_values(CREATED, ascending=False).reset_index(drop=True)
+
+
+def failure_counts(failed: pd.DataFrame) -> pd.DataFrame:
+    return failed.groupby(list(ROW)).size().rename(FAILED).reset_index()
+
+
+def unit_length(unit_params: str) -> float:
+    """The `length` of a unit's parameters (JSON), NaN when it has none."""
+    value = json.loads(unit_params).get(PASSKEY.length) if unit_params else None
+    return float(value) if value is not None else math.nan
+
+
+def passkey_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
+    """(model, mitigation, length) -> accuracy, n."""
+    grouped = rows.groupby([*ROW, PASSKEY.length])[PASSKEY.correct]
+    return grouped.agg(accuracy="mean", n="size").reset_index()
+
+
+def effective_length(accuracy: pd.Series, failed: Iterable[float], threshold: float) -> int:
+    """`accuracy` by length; `failed`: lengths of failed units. See the module's definition."""
+    best = 0
+    for length in sorted(set(accuracy.index) | set(failed)):
+        if accuracy.get(length, -1.0) < threshold:
+            break
+        best = int(length)
+    return best
+
+
+def passkey_columns(rows: pd.DataFrame, passkey: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per (model, mitigation): effective length, sample count, acc_<L> and n_<L> per length.
+
+    `rows`: the resolved ok rows; `passkey`: the whole table (its failed units count too).
+    """
+    failed = passkey[passkey[STATUS] != OK]
+    lost = failed[UNIT_PARAMS].map(unit_length).dropna().groupby([failed[c] for c in ROW])
+    lost_lengths = {key: set(lengths) for key, lengths in lost}
+    accuracy = {
+        key: group.set_index(PASSKEY.length)
+        for key, group in passkey_accuracy(rows).groupby(list(ROW))
+    }
+    empty = pd.DataFrame({"accuracy": [], "n": []})
+    records = []
+    for key in sorted(accuracy.keys() | lost_lengths.keys()):
+        by_length = accuracy.get(key, empty)
+        effective = effective_length(by_length["accuracy"], lost_lengths.get(key, ()), threshold)
+        record = {
+            **dict(zip(ROW, key, strict=True)),
+            EFFECTIVE: effective,
+            PASSKEY_N: int(by_length["n"].sum()),
+        }
+        for length, acc, n in by_length[["accuracy", "n"]].itertuples():
+            record[ACC + token_label(length)] = acc
+            record[N + token_label(length)] = n
+        records.append(record)
+    return records_frame(records, [*ROW, EFFECTIVE, PASSKEY_N])
+
+
+def sort_length_columns(frame: pd.DataFrame) -> list[str]:
+    """acc_/n_ columns in increasing length, each accuracy beside its sample count."""
+    lengths = {c[len(ACC) :] for c in frame.columns if c.startswith(ACC)}
+    ordered = sorted(lengths, key=_tokens)
+    return [c for label in ordered for c in (ACC + label, N + label)]
+
+
+def _tokens(label: str) -> float:
+    scale = {"K": 1024, "M": 1024 * 1024}
+    return float(label[:-1]) * scale[label[-1]] if label[-1] in scale else float(label)
+
+
+def depth_bins(depths: pd.Series) -> pd.Series:
+    """Each depth's bin label ('0-25%'...): up to 10 equal bins over [0, 1]."""
+    count = max(1, min(MAX_DEPTH_BINS, depths.nunique()))
+    edges = np.linspace(0.0, 1.0, count + 1)
+    labels = [f"{lo:.0%}-{hi:.0%}" for lo, hi in itertools.pairwise(edges)]
+    return pd.cut(depths, edges, labels=labels, include_lowest=True)
+
+
+def passkey_heatmaps(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per mitigation of one model: accuracy with depth bins as rows, lengths as columns."""
+    binned = rows.assign(_bin=depth_bins(rows[PASSKEY.depth]))
+    return {
+        mitigation: group.pivot_table(
+            index="_bin",
+            columns=PASSKEY.length,
+            values=PASSKEY.correct,
+            aggfunc="mean",
+            observed=False,
+        ).rename_axis(index="depth", columns="length")
+        for mitigation, group in binned.groupby(MITIGATION)
+    }
+
+
+def bucket_losses(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """Perplexity rows as (model, mitigation, source, length, document, start, end, loss,
+    weight), keeping per (model, mitigation, source) only its longest unit, so that every
+    position is measured on one set of documents. None when the table lacks the columns."""
+    p = PERPLEXITY
+    if not {p.document, p.start, p.end} <= set(rows.columns):
+        return None
+    if p.mean_loss in rows.columns:
+        loss = rows[p.mean_loss].astype(float)
+    elif p.perplexity in rows.columns:
+        loss = np.log(rows[p.perplexity].astype(float))
+    else:
+        return None
+    frame = rows[[*ROW, p.document, p.start, p.end]].assign(
+        **{
+            p.source: rows[p.source] if p.source in rows.columns else "",
+            p.length: rows[p.length] if p.length in rows.columns else 0,
+            "loss": loss,
+            "weight": rows[p.tokens].astype(float) if p.tokens in rows.columns else 1.0,
+        }
+    )
+    longest = frame.groupby([*ROW, p.source])[p.length].transform("max")
+    return frame[(frame[p.length] == longest) & np.isfinite(frame["loss"])]
+
+
+def weighted_perplexity(buckets: pd.DataFrame) -> float:
+    loss = float(np.average(buckets["loss"], weights=buckets["weight"]))
+    return math.exp(loss) if loss < LARGEST_EXPONENT else math.inf
+
+
+def loss_curves(losses: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, mitigation, source, bucket): position (bucket middle) and perplexity."""
+    p = PERPLEXITY
+    curves = (
+        losses.groupby([*ROW, p.source, p.start, p.end])
+        .apply(weighted_perplexity, include_groups=False)
+        .rename("perplexity")
+        .reset_index()
+    )
+    return curves.assign(position=(curves[p.start] + curves[p.end]) / 2)
+
+
+def perplexity_columns(
+    losses: pd.DataFrame, contexts: pd.Series, multiples: Iterable[float]
+) -> pd.DataFrame:
+    """Per (model, mitigation): ppl_<m>x at each multiple of the training length, and the
+    documents behind them; named ppl_<source>_<m>x when the table holds several sources."""
+    p = PERPLEXITY
+    several = losses[p.source].nunique() > 1
+    records: dict[tuple, dict] = {}
+    for (model, mitigation, source), group in losses.groupby([*ROW, p.source]):
+        record = records.setdefault((model, mitigation), {MODEL: model, MITIGATION: mitigation})
+        prefix = f"ppl_{source}_" if several else "ppl_"
+        context = contexts.get((model, mitigation), math.nan)
+        for multiple in multiples:
+            position = round(multiple * context) if math.isfinite(context) else math.nan
+            hit = group[(group[p.start] < position) & (position <= group[p.end])]
+            record[f"{prefix}{multiple:g}x"] = weighted_perplexity(hit) if len(hit) else math.nan
+        record[f"{prefix}documents"] = group[p.document].nunique()
+    return records_frame(list(records.values()), list(ROW))
+
+
+def capacity_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, mitigation): the newest collapse and recall lengths the task wrote."""
+    wanted = [
+        c for c in (STATE_CAPACITY.collapse_length, STATE_CAPACITY.recall_length) if c in rows
+    ]
+    useful = rows.dropna(subset=wanted, how="all").sort_values(CREATED)
+    return useful.groupby(list(ROW))[wanted].last().reset_index()
+
+
+def head_norms(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """Mean state norm per (model, mitigation, layer, head, position); None without columns."""
+    s = STATE_STATS
+    if s.norm not in rows.columns:
+        return None
+    keys = [*ROW, s.layer, s.head, s.position]
+    return rows.groupby(keys)[s.norm].mean().reset_index()
+
+
+def collapsing_heads(rows: pd.DataFrame, norms: pd.DataFrame, context: float) -> list[tuple]:
+    """(layer, head) of up to NORM_HEADS heads of one model to draw: those the task flagged
+    collapsing (any mitigation), else those whose norm grew most past the training length."""
+    s = STATE_STATS
+    growth = norms.groupby([s.layer, s.head]).apply(
+        lambda head: _growth(head, context), include_groups=False
+    )
+    ranked = growth.sort_values(ascending=False)
+    if s.collapsing in rows.columns:
+        flagged = rows.loc[rows[s.collapsing].fillna(False).astype(bool), [s.layer, s.head]]
+        flagged_keys = set(flagged.itertuples(index=False, name=None))
+        ranked = ranked[[key in flagged_keys for key in ranked.index]]
+    return list(ranked.index[:NORM_HEADS])
+
+
+def _growth(head: pd.DataFrame, context: float) -> float:
+    """Norm at the last position over the norm at the training length (or the first position)."""
+    s = STATE_STATS
+    ordered = head.groupby(s.position)[s.norm].max().sort_index()
+    inside = ordered[ordered.index <= context] if math.isfinite(context) else ordered.iloc[:1]
+    base = inside.iloc[-1] if len(inside) else ordered.iloc[0]
+    return float(ordered.iloc[-1] / base) if base else math.inf
+
+
+def provenance(frames: Iterable[pd.DataFrame], device_names: dict[str, str]) -> pd.DataFrame:
+    """Per (model, mitigation): every dtype, seed, device, version, commit, run, latest date."""
+    columns = [RUN_ID, CREATED, DTYPE, SEED, DEVICE, VERSION, COMMIT]
+    rows = pd.concat([f[[*ROW, *(c for c in columns if c in f.columns)]] for f in frames])
+    named = zip(rows[DEVICE], rows[RUN_ID].map(device_names), strict=True)
+    rows = rows.assign(
+        **{
+            DEVICE: [_device(device, name) for device, name in named],
+            COMMIT: rows[COMMIT].map(_short_commit),
+            RUN_DATE: rows[CREATED].dt.strftime("%Y-%m-%d"),
+            RUN_IDS: rows[RUN_ID],
+        }
+    )
+    grouped = rows.groupby(list(ROW))
+    listed = grouped[[DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_IDS]].agg(_distinct)
+    return listed.join(grouped[RUN_DATE].max()).reset_index()[[*ROW, *PROVENANCE]]
+
+
+def _distinct(values: pd.Series) -> str:
+    return ", ".join(sorted({str(v) for v in values.dropna()}))
+
+
+def _device(device: str | None, name: str | None) -> str | None:
+    return f"{device} ({name})" if isinstance(name, str) else device
+
+
+def _short_commit(commit: str | None) -> str | None:
+    if not isinstance(commit, str):
+        return None
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def mixed_dtypes(prov: pd.DataFrame) -> list[str]:
+    """A warning for every row whose numbers come from more than one dtype."""
+    mixed = prov[prov[DTYPE].str.contains(",", regex=False, na=False)]
+    return [
+        f"{m} / {x}: this row aggregates results of more than one dtype ({d}); "
+        "compare its columns with care"
+        for m, x, d in mixed[[MODEL, MITIGATION, DTYPE]].itertuples(index=False)
+    ]
+
+
+def train_contexts(facts: pd.DataFrame) -> pd.Series:
+    """(model, mitigation) -> training length, NaN where unknown."""
+    if TRAIN_CONTEXT not in facts.columns:
+        return pd.Series(dtype=float)
+    return facts.set_index(list(ROW))[TRAIN_CONTEXT].astype(float)
+
+
+def main_table(keys: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per (model, mitigation): the parts joined on the row keys, in a fixed order."""
+    table = keys
+    for part in parts:
+        table = table.merge(part, on=list(ROW), how="left")
+    if FAILED in table.columns:
+        table[FAILED] = table[FAILED].fillna(0).astype(int)
+    order = [
+        *ROW,
+        *(c for c in FACTS if c in table.columns),
+        *(c for c in (EFFECTIVE, PASSKEY_N) if c in table.columns),
+        *sort_length_columns(table),
+    ]
+    rest = [c for c in table.columns if c not in order and c not in PROVENANCE]
+    return table[[*order, *rest, *(c for c in PROVENANCE if c in table.columns)]]
