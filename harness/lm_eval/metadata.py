@@ -1,0 +1,64 @@
+"""Task settings read from lm-eval's `metadata`, each checked with an actionable message.
+
+lm-eval gives a task's `custom_dataset` function and its config the metadata: the JSON of
+`--metadata` merged (by the CLI) with the parsed `--model_args`, so unrelated keys are
+present and ignored here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from harness.plan import UsageError, parse_depths, parse_lengths
+
+LENGTHS_KEY = "max_seq_lengths"
+
+
+class MetadataError(ValueError):
+    """A task setting in lm-eval's --metadata that cannot be used."""
+
+
+def lengths(metadata: Mapping[str, Any], default: tuple[int, ...]) -> tuple[int, ...]:
+    """`max_seq_lengths`: a list of token counts, or a string like "512,4k,1m"."""
+    value = metadata.get(LENGTHS_KEY)
+    if value is None:
+        return default
+    return _parsed(value, parse_lengths, LENGTHS_KEY, "[1024, 4096] or \"1k,4k\"")
+
+
+def depths(metadata: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """`depths`: needle depths in [0, 1], a list or a comma-separated string; None if absent."""
+    value = metadata.get("depths")
+    if value is None:
+        return None
+    return _parsed(value, parse_depths, "depths", "[0.0, 0.5, 1.0] or \"0,0.5,1\"")
+
+
+def positive_int(metadata: Mapping[str, Any], key: str, default: int) -> int:
+    value = metadata.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MetadataError(f"--metadata {key}={value!r}: give a positive integer")
+    return value
+
+
+def integer(metadata: Mapping[str, Any], key: str, default: int) -> int:
+    value = metadata.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MetadataError(f"--metadata {key}={value!r}: give an integer")
+    return value
+
+
+def text(metadata: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    value = metadata.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise MetadataError(f"--metadata {key}={value!r}: give a string")
+    return value
+
+
+def _parsed(value: Any, parse: Any, key: str, example: str) -> Any:
+    items = value if isinstance(value, list | tuple) else [value]
+    try:
+        return parse(",".join(str(item) for item in items))
+    except UsageError as err:
+        raise MetadataError(f"--metadata {key}={value!r}: {err}; e.g. {example}") from None
