@@ -1,0 +1,269 @@
+"""The Mamba-2 language model, in the paper's notation (dt, A, B, C, x, h).
+
+    ids (b, l) -> embedding -> n_layer x [u = u + Mixer(RMSNorm(u))] -> norm_f -> lm_head
+
+The residual stream u and the SSM state h are float32 whatever the weights' dtype, and so are
+the logits. Every call carries its state exactly: the last d_conv - 1 conv inputs and h per
+layer, so a sequence fed in any pieces gives the logits of one pass.
+
+Mixer of one layer, for u (b, l, d_model):
+
+    [z, xBC, dt] = in_proj(u)                    z (b, l, d_inner), dt (b, l, h)
+    [x, B, C]    = silu(causal_conv(xBC))        x (b, l, h, p), B and C (b, l, g, n)
+    dt           = softplus(dt + dt_bias),  A = -exp(A_log)          (h,)
+    y            = scan(x, dt, A, B, C) + D x    h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T,
+                                                 y_t = C_t h_t
+    out          = out_proj(norm(y * silu(z)))   RMSNorm per group of d_inner / g channels
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.models.mamba2.config import Mamba2Config
+from harness.models.mamba2.hooks import Hooks, ScanInputs, StateSnapshot
+from harness.models.mamba2.ssd import scan
+
+
+@dataclass
+class Mamba2State:
+    """What a Mamba-2 carries between calls."""
+
+    conv: list[torch.Tensor]  # per layer (b, conv_dim, d_conv - 1): the last conv inputs
+    ssm: list[Any]  # per layer h (b, h, p, n) float32, a replacement scan's state, None = zero
+    position: int = 0  # tokens consumed so far
+
+    def clone(self) -> Mamba2State:
+        return Mamba2State(
+            conv=[c.clone() for c in self.conv],
+            ssm=[None if s is None else s.clone() for s in self.ssm],
+            position=self.position,
+        )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (..., d) any dtype -> (..., d) in the weight's dtype."""
+        u = u.float()
+        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.eps)
+        return u.to(self.weight.dtype) * self.weight
+
+
+class GatedRMSNorm(nn.Module):
+    """norm(y * silu(z)), normalised over groups of `group_size` channels (norm after gate)."""
+
+    def __init__(self, d: int, group_size: int, eps: float) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y (b, l, d) float32, z (b, l, d) -> (b, l, d) float32."""
+        y = y * F.silu(z.float())
+        groups = y.view(*y.shape[:-1], -1, self.group_size)  # (b, l, g, d / g)
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return groups.view(y.shape) * self.weight.float()
+
+
+class Mixer(nn.Module):
+    def __init__(self, config: Mamba2Config, layer: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer = layer
+        c = config
+        self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=c.bias)
+        self.conv1d = nn.Conv1d(
+            c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim, bias=c.conv_bias
+        )  # depthwise, weight (conv_dim, 1, d_conv)
+        self.dt_bias = nn.Parameter(torch.empty(c.nheads))
+        self.A_log = nn.Parameter(torch.empty(c.nheads))
+        self.D = nn.Parameter(torch.empty(c.nheads))
+        self.norm = GatedRMSNorm(c.d_inner, c.d_inner // c.ngroups, c.norm_eps)
+        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: Any,
+        start: int,
+        hooks: Hooks | None,
+        backend: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """u (b, l, d_model) -> out (b, l, d_model), new conv state, new SSM state."""
+        c = self.config
+        b, l, _ = u.shape
+        z, xBC, dt = self.in_proj(u).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        xBC, conv_state = self.causal_conv(xBC, conv_state)
+        x, B, C = xBC.float().split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
+        inputs = ScanInputs(
+            x=x.reshape(b, l, c.nheads, c.headdim),
+            dt=F.softplus(dt.float() + self.dt_bias.float()),  # (b, l, h)
+            A=-torch.exp(self.A_log.float()),  # (h,)
+            B=B.reshape(b, l, c.ngroups, c.d_state),
+            C=C.reshape(b, l, c.ngroups, c.d_state),
+            start=start,
+        )
+        y, ssm_state = run_scan(self.layer, inputs, ssm_state, hooks, backend, c.chunk_size)
+        y = y + self.D.float()[:, None] * inputs.x  # (b, l, h, p)
+        y = self.norm(y.reshape(b, l, c.d_inner), z)
+        return self.out_proj(y.to(u.dtype)), conv_state, ssm_state
+
+    def causal_conv(
+        self, xBC: torch.Tensor, conv_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """xBC (b, l, conv_dim) -> silu(conv) (b, l, conv_dim) and the last d_conv - 1 inputs.
+
+        out_t = bias + sum_j w_j in_{t - k + 1 + j}, one tap at a time (depthwise F.conv1d is
+        slow on CPU, worst for the single tokens of generation)."""
+        l, k = xBC.shape[1], self.config.d_conv
+        window = torch.cat([conv_state, xBC.transpose(1, 2)], dim=2)  # (b, conv_dim, k - 1 + l)
+        w = self.conv1d.weight[:, 0]  # (conv_dim, k)
+        bias = self.conv1d.bias if self.conv1d.bias is not None else w.new_zeros(w.shape[0])
+        out = torch.addcmul(bias[:, None], w[:, :1], window[:, :, :l])
+        for j in range(1, k):
+            out.addcmul_(w[:, j : j + 1], window[:, :, j : j + l])
+        # the state is a copy, so that it does not keep the whole window alive
+        return F.silu(out).transpose(1, 2), window[:, :, l:].clone()
+
+
+def run_scan(
+    layer: int,
+    inputs: ScanInputs,
+    state: Any,
+    hooks: Hooks | None,
+    backend: str,
+    chunk_size: int,
+) -> tuple[torch.Tensor, Any]:
+    """One layer's scan with the hooks of hooks.py: -> y (b, l, h, p) without D x, new state."""
+    if hooks is None:
+        return scan(inputs, state, backend, chunk_size)
+    if hooks.transform_inputs is not None:
+        inputs = hooks.transform_inputs(layer, inputs)
+    if layer in hooks.scans:
+        return hooks.scans[layer](inputs, state)
+    if not hooks.segmented:
+        return scan(inputs, state, backend, chunk_size)
+    ys = []
+    for lo, hi in _segments(inputs.start, inputs.x.shape[1], hooks.interval):
+        piece = _piece(inputs, lo, hi)
+        y, state = scan(piece, state, backend, chunk_size)
+        ys.append(y)
+        position = inputs.start + hi
+        if position % hooks.interval:
+            continue
+        if hooks.transform_state is not None:
+            state = hooks.transform_state(layer, state, position)
+        if hooks.observer is not None:
+            hooks.observer(StateSnapshot(layer, position, state, piece.dt, piece.A))
+    return torch.cat(ys, dim=1), state
+
+
+def _segments(start: int, length: int, interval: int) -> list[tuple[int, int]]:
+    """Offsets [lo, hi) cutting start..start+length at absolute multiples of interval."""
+    first = (start // interval + 1) * interval - start  # offset of the first boundary
+    cuts = [0, *range(first, length, interval), length]
+    return list(itertools.pairwise(cuts))
+
+
+def _piece(inputs: ScanInputs, lo: int, hi: int) -> ScanInputs:
+    A = inputs.A if inputs.A.dim() == 1 else inputs.A[:, lo:hi]
+    return ScanInputs(
+        x=inputs.x[:, lo:hi],
+        dt=inputs.dt[:, lo:hi],
+        A=A,
+        B=inputs.B[:, lo:hi],
+        C=inputs.C[:, lo:hi],
+        start=inputs.start + lo,
+    )
+
+
+class Block(nn.Module):
+    def __init__(self, config: Mamba2Config, layer: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = Mixer(config, layer)
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: Any,
+        start: int,
+        hooks: Hooks | None,
+        backend: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """u (b, l, d_model) float32 residual stream -> the same after this layer, states."""
+        out, conv_state, ssm_state = self.mixer(
+            self.norm(u), conv_state, ssm_state, start, hooks, backend
+        )
+        return u + out.float(), conv_state, ssm_state
+
+
+class Mamba2(nn.Module):
+    def __init__(self, config: Mamba2Config) -> None:
+        super().__init__()
+        self.config = config
+        V, d = config.padded_vocab_size, config.d_model
+        self.embedding = nn.Embedding(V, d)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(d, config.norm_eps)
+        self.lm_head = nn.Linear(d, V, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+        """Random weights as mamba-ssm initialises them (for models not loaded from disk)."""
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for block in self.layers:
+            mixer = block.mixer
+            h = mixer.dt_bias.shape[0]
+            log_dt = torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = torch.exp(log_dt).clamp_min(1e-4)
+            mixer.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            mixer.A_log.copy_(torch.log(torch.empty(h).uniform_(1.0, 16.0)))
+            mixer.D.fill_(1.0)
+            mixer.out_proj.weight.div_(math.sqrt(self.config.n_layer))
+
+    def init_state(self, batch: int = 1) -> Mamba2State:
+        c, weight = self.config, self.embedding.weight
+        conv = [
+            weight.new_zeros(batch, c.conv_dim, c.d_conv - 1) for _ in range(c.n_layer)
+        ]  # in the weights' dtype and device
+        return Mamba2State(conv=conv, ssm=[None] * c.n_layer, position=0)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: Mamba2State | None = None,
+        hooks: Hooks | None = None,
+        backend: str = "auto",
+    ) -> tuple[torch.Tensor, Mamba2State]:
+        """ids (b, l) -> logits (b, l, padded vocab) float32, the state after the l tokens."""
+        if state is None:
+            state = self.init_state(ids.shape[0])
+        u = self.embedding(ids).float()  # residual stream (b, l, d_model)
+        conv, ssm = [], []
+        for block, conv_state, ssm_state in zip(self.layers, state.conv, state.ssm, strict=True):
+            u, conv_state, ssm_state = block(
+                u, conv_state, ssm_state, state.position, hooks, backend
+            )
+            conv.append(conv_state)
+            ssm.append(ssm_state)
+        logits = self.lm_head(self.norm_f(u)).float()
+        return logits, Mamba2State(conv, ssm, state.position + ids.shape[1])
