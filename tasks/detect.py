@@ -26,7 +26,7 @@ import numpy as np
 PAPER_FORGET = {"a": 5.172, "b": -4.469}  # T_forget = a * N_S + b
 PAPER_RECALL = {"a": 1.365, "b": 4.756, "c": -0.742}  # T_recall = b * (a^N_S - 1) + c
 PAPER_STATE_UNIT = 1e6 / 1.024  # the paper's sizes are 1.024x ours (paper-notes.md section 1)
-K = 1024  # tokens per K in the fits
+K_TOKENS = 1024  # tokens per K in the fits
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
