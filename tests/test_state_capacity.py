@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
 
+from harness.mitigations.base import NoMitigation
 from harness.models.base import LanguageModel, ModelInfo
+from harness.models.loading import resolve as resolve_model
 from harness.models.tokenizer import byte_tokenizer
+from harness.plan import Plan, Unit
+from harness.results import read_table
+from harness.runner import RunConfig, Runner
 from tasks.base import TaskOptions
 from tasks.detect import PAPER_FORGET, PAPER_RECALL, PAPER_STATE_UNIT
 from tasks.passkey import SUFFIX
@@ -184,3 +190,19 @@ def test_fit_rows_fit_the_table_schema() -> None:
     rows = [r for found in StateCapacity.combine(paper_table()).values() for r in found]
     table = pa.Table.from_pylist(rows, schema=StateCapacity.schema)
     assert table.num_rows == 4
+
+
+def test_runner_writes_the_row_and_combine_reads_it_back(neox_dir: Path, tmp_path: Path) -> None:
+    task = capacity((300,), loss_length="1024", bucket="64", window="128", smoothing="64")
+    model = resolve_model(str(neox_dir))
+    [params] = task.units()
+    out = tmp_path / "results"
+    config = RunConfig(out=out, device="cpu", dtype="float32", backend="auto", seed=0)
+    units = [Unit(task, model, NoMitigation(), params, "float32")]
+    report = Runner(Plan([model], [NoMitigation()], [task], units), config).run()
+    assert not report.failed, report.failed
+    table = read_table(out, "state_capacity")
+    [row] = table.to_pylist()
+    assert row["kind"] == "model" and row["train_context"] == 512 and row["n_s"] is None
+    assert row["collapse_searched_to"] == 1024 and len(row["loss_means"]) == 16
+    assert StateCapacity.combine(table) == {}  # a transformer has no state size to fit
