@@ -19,6 +19,7 @@ from harness.leaderboard.columns import (
     MODEL,
     PASSKEY,
     PERPLEXITY,
+    ROW,
     STATE_CAPACITY,
     STATE_STATS,
 )
@@ -62,9 +63,10 @@ def build(root: Path, options: Options, draw: bool = True) -> Leaderboard:
     facts = tables.first_valid(everything, FACTS)
     contexts = tables.train_contexts(facts)
     failed = tables.failures(results.tables)
-    ok_frames = [f for f in resolved.values() if len(f)]
-    provenance = tables.provenance(ok_frames or everything, results.device_names)
-    warnings += tables.mixed_dtypes(provenance)
+    behind_numbers = tables.provenance(resolved.values(), results.device_names)
+    warnings += tables.mixed_dtypes(behind_numbers)
+    every_unit = tables.provenance(everything, results.device_names)  # rows whose units all failed
+    provenance = pd.concat([behind_numbers, every_unit]).drop_duplicates(list(ROW))
     columns = [
         facts,
         *sections(resolved, results.tables, contexts, options, warnings),

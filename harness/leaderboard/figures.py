@@ -48,6 +48,8 @@ def panels(count: int, width: float, height: float) -> tuple[Figure, list[Axes]]
 
 
 def token_axis(axis: Axes) -> None:
+    """A log2 position axis labelled 1K, 2K, 4K..."""
+    axis.set_xscale("log", base=2)
     axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: token_label(x)))
 
 
@@ -72,7 +74,8 @@ def passkey_heatmap(model: str, grids: dict[str, pd.DataFrame]) -> Plot:
 def annotate(axis: Axes, values: np.ndarray) -> None:
     for (y, x), value in np.ndenumerate(values):
         if np.isfinite(value):
-            axis.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=7)
+            color = "black" if 0.2 <= value <= 0.85 else "white"  # readable on the colour
+            axis.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
 
 
 def loss_by_position(model: str, curves: pd.DataFrame, context: float) -> Plot:
@@ -85,7 +88,7 @@ def loss_by_position(model: str, curves: pd.DataFrame, context: float) -> Plot:
         label = f"{mitigation} ({source})" if several else mitigation
         axis.plot(curve["position"], curve["perplexity"], marker=".", label=label)
     mark_context(axis, context)
-    axis.set(xscale="log", yscale="log", xlabel="position (tokens)", ylabel="perplexity")
+    axis.set(yscale="log", xlabel="position (tokens)", ylabel="perplexity")
     token_axis(axis)
     axis.legend(fontsize=8)
     axis.set_title(f"{model}: perplexity by position")
@@ -109,7 +112,7 @@ def state_norms(model: str, norms: pd.DataFrame, heads: list[tuple], context: fl
             line = own[(own[s.layer] == layer) & (own[s.head] == head)].sort_values(s.position)
             axis.plot(line[s.position], line[s.norm], label=f"layer {layer} head {head}")
         mark_context(axis, context)
-        axis.set(title=mitigation, xscale="log", yscale="log", xlabel="position (tokens)")
+        axis.set(title=mitigation, yscale="log", xlabel="position (tokens)")
         axis.set_ylabel("state norm")
         token_axis(axis)
     axes[0].legend(fontsize=7)

@@ -70,6 +70,7 @@ thead th { background: #f0f0f0; cursor: pointer; position: sticky; top: 0; }
 th[data-order="asc"]::after { content: " \\25B2"; }
 th[data-order="desc"]::after { content: " \\25BC"; }
 tbody tr:nth-child(even) { background: #fafafa; }
+.scroll { overflow-x: auto; }
 .warnings { background: #fff6e0; border: 1px solid #e0b040; padding: 0.5em 1em; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 img { max-width: 100%; border: 1px solid #ddd; }
@@ -183,7 +184,7 @@ def to_markdown(board: Leaderboard) -> str:
         lines += [f"![{model}: {plot.title}]({path})", ""]
     if len(board.failures):
         lines += ["## Failed units", "", *markdown_table(FAILURE_COLUMNS, failure_cells(board)), ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def html_table(board: Leaderboard) -> str:
@@ -201,8 +202,8 @@ def html_table(board: Leaderboard) -> str:
         for _, row in board.main.iterrows()
     )
     return (
-        f'<table class="sortable" id="leaderboard"><thead><tr>{head}</tr></thead>'
-        f"<tbody>\n{body}</tbody></table>"
+        f'<div class="scroll"><table class="sortable" id="leaderboard"><thead><tr>{head}</tr>'
+        f"</thead><tbody>\n{body}</tbody></table></div>"
     )
 
 

@@ -59,11 +59,12 @@ LARGEST_EXPONENT = 700.0  # exp() of more overflows a float: such a perplexity i
 
 
 def token_label(tokens: float) -> str:
-    """1024 -> '1K', 1536 -> '1.5K', 2**20 -> '1M', 500 -> '500'."""
+    """1024 -> '1K', 1536 -> '1.5K', 2**20 -> '1M', 500 -> '500', 12300 -> '12300'."""
     for size, suffix in ((1024 * 1024, "M"), (1024, "K")):
-        if tokens >= size:
-            return f"{tokens / size:g}{suffix}"
-    return f"{tokens:g}"
+        value = tokens / size
+        if value >= 1 and value == round(value, 2):
+            return f"{value:g}{suffix}"
+    return f"{tokens:.0f}"
 
 
 def row_keys(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
@@ -100,9 +101,11 @@ def failure_counts(failed: pd.DataFrame) -> pd.DataFrame:
     return failed.groupby(list(ROW)).size().rename(FAILED).reset_index()
 
 
-def unit_length(unit_params: str) -> float:
+def unit_length(unit_params: str | None) -> float:
     """The `length` of a unit's parameters (JSON), NaN when it has none."""
-    value = json.loads(unit_params).get(PASSKEY.length) if unit_params else None
+    if not isinstance(unit_params, str):
+        return math.nan
+    value = json.loads(unit_params).get(PASSKEY.length)
     return float(value) if value is not None else math.nan
 
 
@@ -127,7 +130,7 @@ def passkey_columns(rows: pd.DataFrame, passkey: pd.DataFrame, threshold: float)
 
     `rows`: the resolved ok rows; `passkey`: the whole table (its failed units count too).
     """
-    failed = passkey[passkey[STATUS] != OK]
+    failed = passkey[passkey[STATUS] != OK].reindex(columns=[*ROW, UNIT_PARAMS])
     lost = failed[UNIT_PARAMS].map(unit_length).dropna().groupby([failed[c] for c in ROW])
     lost_lengths = {key: set(lengths) for key, lengths in lost}
     accuracy = {
@@ -293,7 +296,11 @@ def _growth(head: pd.DataFrame, context: float) -> float:
 def provenance(frames: Iterable[pd.DataFrame], device_names: dict[str, str]) -> pd.DataFrame:
     """Per (model, mitigation): every dtype, seed, device, version, commit, run, latest date."""
     columns = [RUN_ID, CREATED, DTYPE, SEED, DEVICE, VERSION, COMMIT]
-    rows = pd.concat([f[[*ROW, *(c for c in columns if c in f.columns)]] for f in frames])
+    found = [f[[*ROW, *(c for c in columns if c in f.columns)]] for f in frames if len(f)]
+    if not found:
+        return pd.DataFrame(columns=[*ROW, *PROVENANCE])
+    rows = pd.concat(found)
+    rows = rows.reindex(columns=[*ROW, *columns])  # absent provenance columns stay empty
     named = zip(rows[DEVICE], rows[RUN_ID].map(device_names), strict=True)
     rows = rows.assign(
         **{
