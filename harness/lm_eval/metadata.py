@@ -7,12 +7,14 @@ present and ignored here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from harness.plan import UsageError, parse_depths, parse_lengths
 
 LENGTHS_KEY = "max_seq_lengths"
+
+T = TypeVar("T")
 
 
 class MetadataError(ValueError):
@@ -24,7 +26,7 @@ def lengths(metadata: Mapping[str, Any], default: tuple[int, ...]) -> tuple[int,
     value = metadata.get(LENGTHS_KEY)
     if value is None:
         return default
-    return _parsed(value, parse_lengths, LENGTHS_KEY, "[1024, 4096] or \"1k,4k\"")
+    return _parsed(value, parse_lengths, LENGTHS_KEY, '[1024, 4096] or "1k,4k"')
 
 
 def depths(metadata: Mapping[str, Any]) -> tuple[float, ...] | None:
@@ -32,7 +34,7 @@ def depths(metadata: Mapping[str, Any]) -> tuple[float, ...] | None:
     value = metadata.get("depths")
     if value is None:
         return None
-    return _parsed(value, parse_depths, "depths", "[0.0, 0.5, 1.0] or \"0,0.5,1\"")
+    return _parsed(value, parse_depths, "depths", '[0.0, 0.5, 1.0] or "0,0.5,1"')
 
 
 def positive_int(metadata: Mapping[str, Any], key: str, default: int) -> int:
@@ -56,7 +58,7 @@ def text(metadata: Mapping[str, Any], key: str, default: str | None) -> str | No
     return value
 
 
-def _parsed(value: Any, parse: Any, key: str, example: str) -> Any:
+def _parsed(value: Any, parse: Callable[[str], T], key: str, example: str) -> T:
     items = value if isinstance(value, list | tuple) else [value]
     try:
         return parse(",".join(str(item) for item in items))

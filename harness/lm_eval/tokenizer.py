@@ -45,7 +45,7 @@ def tokenizer_from_metadata(metadata: Mapping[str, Any]) -> PreTrainedTokenizerB
     raise TokenizerNotGiven(
         "the harness tasks build prompts of a given length in the evaluated model's tokens and "
         "need its tokenizer: pass --model_args pretrained=<hf model> (hf backend), "
-        "model=<ref> (harness backend), or --metadata '{\"tokenizer\": \"<hub id or dir>\"}'"
+        'model=<ref> (harness backend), or --metadata \'{"tokenizer": "<hub id or dir>"}\''
     )
 
 

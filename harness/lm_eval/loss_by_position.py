@@ -1,0 +1,103 @@
+"""`harness_loss_by_position`: mean loss per token in position buckets (loglikelihood requests).
+
+The closest lm-eval gets to the harness's loss-by-position curve. Each document (settings
+and corpus: `harness.lm_eval.corpus`) is split at multiples of `bucket` tokens (`--metadata`
+`bucket`, default: the longest length / 8); bucket [s, e) becomes one `loglikelihood`
+request, context = the document's first s tokens, continuation = tokens s to e. Metrics:
+- `loss@[s,e)`: mean loss per token (nats) at positions s to e, over the documents that
+  reach them (bucket edges are the same for every length, so documents of all lengths
+  contribute to the early buckets);
+- `loss`: mean loss per token over whole documents.
+
+What it cannot express: a per-position curve finer than the buckets, and anything that
+needs the documents' per-token losses (lm-eval sees one sum per request). Each request
+processes its whole context again, so a document of n tokens costs about n^2 / (2 * bucket)
+tokens instead of n; `harness run --tasks perplexity` streams each document once. Text is
+split at the documents' token boundaries and the backend encodes context and continuation
+itself, so a bucket may gain or lose a token at its edges; losses are divided by the bucket's
+token count in the tokenizer the lengths are counted in.
+
+With lm-eval's `hf` backend, give `max_length` of at least the longest document: `hf` cuts a
+longer context from the left without a word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from itertools import pairwise
+from typing import Any
+
+import datasets
+from lm_eval.api.instance import Instance
+from lm_eval.api.metrics import mean
+
+from harness.lm_eval import metadata as meta
+from harness.lm_eval.corpus import CorpusSettings, Cut, corpus_cuts
+from harness.lm_eval.task_base import MetadataTask, Metric
+from harness.lm_eval.tokenizer import tokenizer_from_metadata
+
+BUCKETS_PER_LONGEST = 8
+
+
+def bucket_size(metadata: Mapping[str, Any]) -> int:
+    default = max(max(CorpusSettings.from_metadata(metadata).lengths) // BUCKETS_PER_LONGEST, 1)
+    return meta.positive_int(metadata, "bucket", default)
+
+
+def edges(length: int, bucket: int) -> list[int]:
+    """Token positions where the buckets of a `length`-token document start, then `length`."""
+    return [*range(0, length, bucket), length]
+
+
+def bucket_name(start: int, end: int) -> str:
+    return f"loss@[{start},{end})"
+
+
+def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
+    """lm-eval's `custom_dataset`: one document per cut, with its bucket edges in characters."""
+    decode = tokenizer_from_metadata(metadata).decode
+    bucket = bucket_size(metadata)
+    docs = [_document(cut, bucket, decode) for cut in corpus_cuts(metadata)]
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+def _document(cut: Cut, bucket: int, decode: Callable[[list[int]], str]) -> dict[str, Any]:
+    tokens = edges(cut.length, bucket)
+    return {
+        "text": cut.text,
+        "length": cut.length,
+        "source": cut.source,
+        "token_edges": tokens,
+        "char_edges": [len(decode(cut.ids[:t])) for t in tokens],
+    }
+
+
+def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
+    tokens = doc["token_edges"]
+    metrics: dict[str, float] = {}
+    for (loglikelihood, _), (start, end) in zip(results, pairwise(tokens), strict=True):
+        metrics[bucket_name(start, end)] = -loglikelihood / (end - start)
+    metrics["loss"] = -sum(ll for ll, _ in results) / doc["length"]
+    return metrics
+
+
+class LossByPositionTask(MetadataTask):
+    def metadata_metrics(self, metadata: Mapping[str, Any]) -> dict[str, Metric]:
+        bucket = bucket_size(metadata)
+        names = {
+            bucket_name(start, end)
+            for n in CorpusSettings.from_metadata(metadata).lengths
+            for start, end in pairwise(edges(n, bucket))
+        }
+        return {name: Metric(mean, higher_is_better=False) for name in sorted(names)}
+
+    def construct_requests(
+        self, doc: dict[str, Any], ctx: str, metadata: tuple[str, int, int], **chat: Any
+    ) -> list[Instance]:
+        """One request per bucket: the text before it as context, the bucket as continuation
+        (no chat template: the text is a plain document)."""
+        text, chars = doc["text"], doc["char_edges"]
+        return [
+            Instance("loglikelihood", doc, (text[:start], text[start:end]), i, metadata)
+            for i, (start, end) in enumerate(pairwise(chars))
+        ]

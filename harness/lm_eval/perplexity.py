@@ -1,0 +1,71 @@
+"""`harness_perplexity`: perplexity of documents cut to given lengths (loglikelihood_rolling).
+
+What lm-eval can express of the harness's loss by position: a `loglikelihood_rolling`
+request returns one number per document (the log-likelihood of all its tokens), so this task
+reports, for documents of each length (settings and corpus: `harness.lm_eval.corpus`):
+- `word_perplexity@<n>`, `byte_perplexity@<n>`, `bits_per_byte@<n>`: lm-eval's weighted
+  perplexities over the documents of length n, and the same names without `@<n>` over all;
+- `loss@<n>`: mean loss per token (nats) of a document of length n, in the tokens its
+  length is counted in (the evaluated model's), and `loss` over all documents.
+
+It cannot express per-position curves (the loss at each position, averaged over documents):
+lm-eval never sees per-token losses. A longer document's loss mixes positions within and
+beyond the training context; `harness_loss_by_position` buckets positions instead, and
+`harness run --tasks perplexity` gives the full curve.
+
+With lm-eval's `hf` backend, give `max_length` of at least the longest document: beyond it
+`hf` scores in rolling windows (each token still scored once, with a shorter context), which
+measures windowed attention, not the model's long context. The `harness` backend streams the
+whole document through the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+from lm_eval.api.metrics import mean
+from lm_eval.api.registry import get_aggregation
+from lm_eval.api.task import Task
+
+from harness.lm_eval.corpus import CorpusSettings, corpus_cuts
+from harness.lm_eval.task_base import MetadataTask, Metric, per_length
+
+PERPLEXITIES = {
+    "word_perplexity": "weighted_perplexity",
+    "byte_perplexity": "weighted_perplexity",
+    "bits_per_byte": "bits_per_byte",
+}
+
+
+def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
+    """lm-eval's `custom_dataset`: the test split, one document per cut."""
+    docs = [
+        {"text": cut.text, "length": cut.length, "tokens": len(cut.ids), "source": cut.source}
+        for cut in corpus_cuts(metadata)
+    ]
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+def process_results(doc: dict[str, Any], results: tuple[float]) -> dict[str, Any]:
+    (loglikelihood,) = results
+    text = doc["text"]
+    words, bytes_ = Task.count_words(text), Task.count_bytes(text)
+    overall = {
+        "word_perplexity": (loglikelihood, words),
+        "byte_perplexity": (loglikelihood, bytes_),
+        "bits_per_byte": (loglikelihood, bytes_),
+        "loss": -loglikelihood / doc["tokens"],
+    }
+    return overall | {per_length(name, doc["length"]): value for name, value in overall.items()}
+
+
+class PerplexityTask(MetadataTask):
+    def metadata_metrics(self, metadata: Mapping[str, Any]) -> dict[str, Metric]:
+        metrics = {}
+        for n in CorpusSettings.from_metadata(metadata).lengths:
+            metrics[per_length("loss", n)] = Metric(mean, higher_is_better=False)
+            for name, aggregation in PERPLEXITIES.items():
+                metrics[per_length(name, n)] = Metric(get_aggregation(aggregation), False)
+        return metrics
