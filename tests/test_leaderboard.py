@@ -19,23 +19,16 @@ import pytest
 
 from harness.leaderboard.build import Options, build
 from harness.leaderboard.cli import add_arguments, command
-from harness.leaderboard.tables import effective_length
+from harness.leaderboard.render import to_markdown
+from harness.leaderboard.tables import effective_length, head_norms, heads_to_draw
 from harness.results import COMMON, part_path, write_manifest, write_part
 from tasks.passkey import Passkey, passkey_key
 from tasks.perplexity import Perplexity
+from tasks.state_capacity import StateCapacity
+from tasks.state_stats import StateStats
 
 DAY = datetime(2026, 5, 1, 12, tzinfo=UTC)
 RRI = "rri:a=0.9999"  # a spec with characters the hive folder name URI-encodes
-STATE_STATS = pa.schema(
-    [
-        ("layer", pa.int64()),
-        ("head", pa.int64()),
-        ("position", pa.int64()),
-        ("norm", pa.float64()),
-        ("collapsing", pa.bool_()),
-    ]
-)
-STATE_CAPACITY = pa.schema([("collapse_length", pa.int64()), ("recall_length", pa.int64())])
 
 
 def write_unit(
@@ -285,21 +278,43 @@ def test_perplexity_at_multiples_of_the_training_length(tmp_path: Path) -> None:
 def test_state_tables_feed_collapse_length_and_norm_curves(tmp_path: Path) -> None:
     root = tmp_path / "results"
     stats = [
-        {"layer": layer, "head": head, "position": p, "norm": 1.0 + grows * p / 1024,
-         "collapsing": grows}
+        {"source": "newlines", "length": 8192, "layer": layer, "head": head, "position": p,
+         "norm": 1.0 + grows * p / 1024, "collapsed": grows}
         for layer in (0, 3)
         for head, grows in ((0, False), (1, True))
         for p in (512, 2048, 8192)
     ]  # fmt: skip
-    write_unit(root, "state_stats", STATE_STATS, "mamba2-130m", "none", {"length": 8192}, stats)
-    capacity = [{"collapse_length": 5000, "recall_length": 4096}]
-    write_unit(root, "state_capacity", STATE_CAPACITY, "mamba2-130m", "none", {}, capacity)
+    params = {"length": 8192, "source": "newlines"}
+    write_unit(root, "state_stats", StateStats.schema, "mamba2-130m", "none", params, stats)
+    found = {"kind": "model", "collapse_length": 5000, "recall_length": 4096}
+    unbroken = {"kind": "model", "collapse_searched_to": 32768, "recall_length": 32768}
+    for mitigation, rows in (("none", [found]), (RRI, [unbroken])):
+        write_unit(
+            root, "state_capacity", StateCapacity.schema, "mamba2-130m", mitigation, {}, rows
+        )
     board = build(root, Options())
     none = row(board.main, "mamba2-130m", "none")
     assert (none["collapse_length"], none["recall_length"]) == (5000, 4096)
     assert "effective_length" not in board.main.columns
     [plot] = board.plots["mamba2-130m"]
     assert plot.name == "state-norms" and plot.png.startswith(b"\x89PNG")
+    assert plot.title == "state norm of the collapsing heads"
+    assert f"| {RRI} | mamba2 | 130M | 4.72M | 2K | none to 32K | 32K |" in to_markdown(board)
+
+
+def test_heads_to_draw_follow_the_task_verdict_then_growth() -> None:
+    rows = pd.DataFrame(
+        [
+            {"model": "m", "mitigation": "none", "layer": 0, "head": head, "position": p,
+             "norm": 1.0 if p <= 2048 else growth, "collapsed": head == 1}
+            for head, growth in ((0, 50.0), (1, 3.0), (2, 1.0))
+            for p in (1024, 2048, 8192)
+        ]
+    )  # fmt: skip
+    assert heads_to_draw(rows, head_norms(rows), 2048).heads == [(0, 1)]
+    by_growth = heads_to_draw(rows.drop(columns="collapsed"), head_norms(rows), 2048)
+    assert by_growth.heads == [(0, 0), (0, 1), (0, 2)]
+    assert by_growth.what == "heads whose norm grew most"
 
 
 class PageCounter(HTMLParser):

@@ -96,8 +96,8 @@ def sections(
     if losses is not None:
         found.append(tables.perplexity_columns(losses, contexts, options.positions))
     capacity = resolved.get(STATE_CAPACITY.table)
-    wanted = [STATE_CAPACITY.collapse_length, STATE_CAPACITY.recall_length]
-    if capacity is not None and any(c in capacity.columns for c in wanted):
+    lengths = [STATE_CAPACITY.collapse_length, STATE_CAPACITY.recall_length]
+    if capacity is not None and any(c in capacity.columns for c in lengths):
         found.append(tables.capacity_columns(capacity))
     return found
 
@@ -143,8 +143,7 @@ def model_plots(model: str, resolved: dict[str, pd.DataFrame], contexts: pd.Seri
         plots.append(figures.loss_by_position(model, tables.loss_curves(losses), context))
     stats = own.get(STATE_STATS.table)
     norms = tables.head_norms(stats) if stats is not None and len(stats) else None
-    if norms is not None:
-        heads = tables.collapsing_heads(stats, norms, context)
-        if heads:
-            plots.append(figures.state_norms(model, norms, heads, context))
+    choice = tables.heads_to_draw(stats, norms, context) if norms is not None else None
+    if choice is not None and choice.heads:
+        plots.append(figures.state_norms(model, norms, choice, context))
     return plots

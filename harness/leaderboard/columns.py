@@ -59,17 +59,22 @@ class Perplexity:
 @dataclass(frozen=True)
 class StateStats:
     table: str = "state_stats"
+    source: str = "source"
+    length: str = "length"  # prompt tokens of the unit
     layer: str = "layer"
     head: str = "head"
     position: str = "position"
     norm: str = "norm"
-    collapsing: str = "collapsing"  # the task's per-head verdict (bool); optional
+    collapsing: str = "collapsed"  # the task's per-head verdict (bool, null: undecided)
 
 
 @dataclass(frozen=True)
 class StateCapacity:
     table: str = "state_capacity"
-    collapse_length: str = "collapse_length"
+    kind: str = "kind"  # only rows of kind `model_kind` are per (model, mitigation)
+    model_kind: str = "model"
+    collapse_length: str = "collapse_length"  # null: no collapse up to searched_to
+    searched_to: str = "collapse_searched_to"
     recall_length: str = "recall_length"
 
 
@@ -78,11 +83,12 @@ PERPLEXITY = Perplexity()
 STATE_STATS = StateStats()
 STATE_CAPACITY = StateCapacity()
 
-# What one cell is, per table, beside (model, mitigation): rows of one cell must share SETTINGS.
+# One cell per table, beside (model, mitigation): one unit's worth of rows (a passkey length, a
+# perplexity or state-stats prompt). Rows of one cell must share SETTINGS (see conflicts.py).
 # Columns absent from a table are left out of its cells.
 CELLS: dict[str, tuple[str, ...]] = {
     PASSKEY.table: (PASSKEY.length,),
-    PERPLEXITY.table: (PERPLEXITY.source, PERPLEXITY.length, PERPLEXITY.document, PERPLEXITY.start),
-    STATE_STATS.table: (STATE_STATS.layer, STATE_STATS.head, STATE_STATS.position),
-    STATE_CAPACITY.table: (),
+    PERPLEXITY.table: (PERPLEXITY.source, PERPLEXITY.length),
+    STATE_STATS.table: (STATE_STATS.source, STATE_STATS.length),
+    STATE_CAPACITY.table: (STATE_CAPACITY.kind,),
 }

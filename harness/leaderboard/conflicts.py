@@ -1,8 +1,8 @@
 """Results of different settings are never averaged together silently.
 
 The rule: a cell is one (model, mitigation) plus the table's cell columns (columns.CELLS: a
-passkey length, one bucket of one perplexity document of one unit, ...). All ok rows of a
-cell must share one setting, the tuple columns.SETTINGS (dtype, seed, unit_params). When
+passkey length, a perplexity prompt's source and length, ...). All ok rows of a cell must
+share one setting, the tuple columns.SETTINGS (dtype, seed, unit_params). When
 several settings reach the same cell (say a float32 and a bfloat16 run of the same length,
 or two sample counts), only the rows of the newest setting (latest created_at) are kept; the
 others are dropped, and a warning names the cell, the setting kept and the settings dropped.

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from harness.leaderboard.columns import MITIGATION, PERPLEXITY, STATE_STATS
-from harness.leaderboard.tables import token_label
+from harness.leaderboard.tables import HeadChoice, token_label
 
 DPI = 100
 PANEL_COLUMNS = 3  # mitigations side by side, then wrapped
@@ -101,20 +101,21 @@ def mark_context(axis: Axes, context: float) -> None:
         axis.axvline(context, color="black", linestyle="--", linewidth=1, label=label)
 
 
-def state_norms(model: str, norms: pd.DataFrame, heads: list[tuple], context: float) -> Plot:
-    """State norm by position of the chosen (layer, head)s, one panel per mitigation."""
+def state_norms(model: str, norms: pd.DataFrame, choice: HeadChoice, context: float) -> Plot:
+    """State norm by position of the chosen (layer, head)s, one panel per mitigation (and
+    source, when there are several)."""
     s = STATE_STATS
-    mitigations = sorted(norms[MITIGATION].unique())
-    figure, axes = panels(len(mitigations), 4.6, 3.6)
-    for axis, mitigation in zip(axes, mitigations, strict=True):
-        own = norms[norms[MITIGATION] == mitigation]
-        for layer, head in heads:
+    several = norms[s.source].nunique() > 1
+    groups = list(norms.groupby([MITIGATION, s.source]))
+    figure, axes = panels(len(groups), 4.6, 3.6)
+    for axis, ((mitigation, source), own) in zip(axes, groups, strict=True):
+        for layer, head in choice.heads:
             line = own[(own[s.layer] == layer) & (own[s.head] == head)].sort_values(s.position)
             axis.plot(line[s.position], line[s.norm], label=f"layer {layer} head {head}")
         mark_context(axis, context)
-        axis.set(title=mitigation, yscale="log", xlabel="position (tokens)")
-        axis.set_ylabel("state norm")
+        title = f"{mitigation} ({source})" if several else mitigation
+        axis.set(title=title, yscale="log", xlabel="position (tokens)", ylabel="state norm")
         token_axis(axis)
     axes[0].legend(fontsize=7)
-    figure.suptitle(f"{model}: state norm of the collapsing heads")
-    return Plot("state-norms", "state norm of the collapsing heads", to_png(figure))
+    figure.suptitle(f"{model}: state norm of the {choice.what}")
+    return Plot("state-norms", f"state norm of the {choice.what}", to_png(figure))

@@ -26,6 +26,7 @@ TOKEN_COLUMNS = {
     TRAIN_CONTEXT,
     EFFECTIVE,
     STATE_CAPACITY.collapse_length,
+    STATE_CAPACITY.searched_to,
     STATE_CAPACITY.recall_length,
 }
 COUNT_COLUMNS = {PARAMS, STATE_SIZE}
@@ -90,8 +91,8 @@ def definitions(board: Leaderboard) -> list[str]:
         "Rows with status other than ok are left out of every number and figure; they are "
         "counted in failed units and listed under Failed units.",
         "Settings (dtype, seed, unit parameters) are never mixed within one cell (model, "
-        "mitigation, length or bucket): the newest setting is kept, the others are dropped and "
-        "named under Warnings.",
+        "mitigation and unit: a passkey length, a perplexity source and length): the newest "
+        "setting is kept, the others are dropped and named under Warnings.",
     ]
 
 
@@ -102,8 +103,13 @@ def header(column: str) -> str:
 
 
 def shown_columns(main: pd.DataFrame) -> list[str]:
-    """Every column but the n_<L> sample counts (shown inside the acc_<L> cells)."""
-    return [c for c in main.columns if not c.startswith(N) or ACC + c[len(N) :] not in main]
+    """Every column but those shown inside others: the n_<L> sample counts (in acc_<L>) and
+    how far a collapse was searched (in collapse_length)."""
+    return [
+        c
+        for c in main.columns
+        if c != STATE_CAPACITY.searched_to and not (c.startswith(N) and ACC + c[len(N) :] in main)
+    ]
 
 
 def missing(value: object) -> bool:
@@ -119,6 +125,9 @@ def count_label(value: float) -> str:
 
 def cell_text(row: pd.Series, column: str) -> str:
     value = row[column]
+    searched = row.get(STATE_CAPACITY.searched_to)
+    if column == STATE_CAPACITY.collapse_length and missing(value) and not missing(searched):
+        return f"none to {token_label(float(searched))}"
     if missing(value):
         return ""
     if column.startswith(ACC):

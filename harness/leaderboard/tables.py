@@ -9,7 +9,8 @@ Definitions (also printed under the table, see render.py):
 - Perplexity at m x the training length: exp of the token-weighted mean loss, over documents,
   of the bucket holding token number p = round(m * train_context) (start < p <= end). Per
   source (newlines, a dataset...) only the longest unit counts; sources are never averaged.
-- Collapse and recall lengths: as the state_capacity task wrote them.
+- Collapse and recall lengths: as the state_capacity task wrote them (its recall length is
+  the largest passing length, with no condition on shorter ones).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,12 @@ PROVENANCE = (DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_DATE, RUN_IDS)
 MAX_DEPTH_BINS = 10  # as the paper's heatmaps
 NORM_HEADS = 6  # state-norm curves drawn per model
 LARGEST_EXPONENT = 700.0  # exp() of more overflows a float: such a perplexity is infinite
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    heads: list[tuple]  # (layer, head)
+    what: str  # how they were chosen, for the figure's title
 
 
 def token_label(tokens: float) -> str:
@@ -103,9 +111,10 @@ def failure_counts(failed: pd.DataFrame) -> pd.DataFrame:
 
 def unit_length(unit_params: str | None) -> float:
     """The `length` of a unit's parameters (JSON), NaN when it has none."""
-    if not isinstance(unit_params, str):
+    try:
+        value = json.loads(unit_params).get(PASSKEY.length)
+    except (TypeError, ValueError, AttributeError):
         return math.nan
-    value = json.loads(unit_params).get(PASSKEY.length)
     return float(value) if value is not None else math.nan
 
 
@@ -189,10 +198,22 @@ def passkey_heatmaps(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
+def longest_units(rows: pd.DataFrame, source: str, length: str) -> pd.DataFrame:
+    """Per (model, mitigation, source), the rows of its longest unit only (`source` and
+    `length` filled in when absent): one set of prompts behind every position."""
+    frame = rows.assign(
+        **{
+            source: rows[source] if source in rows.columns else "",
+            length: rows[length] if length in rows.columns else 0,
+        }
+    )
+    longest = frame.groupby([*ROW, source])[length].transform("max")
+    return frame[frame[length] == longest]
+
+
 def bucket_losses(rows: pd.DataFrame) -> pd.DataFrame | None:
-    """Perplexity rows as (model, mitigation, source, length, document, start, end, loss,
-    weight), keeping per (model, mitigation, source) only its longest unit, so that every
-    position is measured on one set of documents. None when the table lacks the columns."""
+    """The longest perplexity units as (model, mitigation, source, document, start, end, loss,
+    weight); None when the table lacks the columns."""
     p = PERPLEXITY
     if not {p.document, p.start, p.end} <= set(rows.columns):
         return None
@@ -202,16 +223,10 @@ def bucket_losses(rows: pd.DataFrame) -> pd.DataFrame | None:
         loss = np.log(rows[p.perplexity].astype(float))
     else:
         return None
-    frame = rows[[*ROW, p.document, p.start, p.end]].assign(
-        **{
-            p.source: rows[p.source] if p.source in rows.columns else "",
-            p.length: rows[p.length] if p.length in rows.columns else 0,
-            "loss": loss,
-            "weight": rows[p.tokens].astype(float) if p.tokens in rows.columns else 1.0,
-        }
-    )
-    longest = frame.groupby([*ROW, p.source])[p.length].transform("max")
-    return frame[(frame[p.length] == longest) & np.isfinite(frame["loss"])]
+    weight = rows[p.tokens].astype(float) if p.tokens in rows.columns else 1.0
+    frame = longest_units(rows.assign(loss=loss, weight=weight), p.source, p.length)
+    frame = frame[[*ROW, p.source, p.document, p.start, p.end, "loss", "weight"]]
+    return frame[np.isfinite(frame["loss"])]
 
 
 def weighted_perplexity(buckets: pd.DataFrame) -> float:
@@ -252,36 +267,41 @@ def perplexity_columns(
 
 
 def capacity_columns(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, mitigation): the newest collapse and recall lengths the task wrote."""
-    wanted = [
-        c for c in (STATE_CAPACITY.collapse_length, STATE_CAPACITY.recall_length) if c in rows
-    ]
-    useful = rows.dropna(subset=wanted, how="all").sort_values(CREATED)
-    return useful.groupby(list(ROW))[wanted].last().reset_index()
+    """Per (model, mitigation): the newest collapse and recall lengths the task wrote, and how
+    far the collapse was searched."""
+    c = STATE_CAPACITY
+    if c.kind in rows.columns:
+        rows = rows[rows[c.kind] == c.model_kind]
+    wanted = [x for x in (c.collapse_length, c.searched_to, c.recall_length) if x in rows]
+    newest = rows.sort_values(CREATED).drop_duplicates(list(ROW), keep="last")
+    return newest[[*ROW, *wanted]]
 
 
 def head_norms(rows: pd.DataFrame) -> pd.DataFrame | None:
-    """Mean state norm per (model, mitigation, layer, head, position); None without columns."""
+    """State norm per (model, mitigation, source, layer, head, position) of the longest units;
+    None when the table lacks the columns."""
     s = STATE_STATS
-    if s.norm not in rows.columns:
+    if not {s.norm, s.layer, s.head, s.position} <= set(rows.columns):
         return None
-    keys = [*ROW, s.layer, s.head, s.position]
-    return rows.groupby(keys)[s.norm].mean().reset_index()
+    longest = longest_units(rows, s.source, s.length)
+    keys = [*ROW, s.source, s.layer, s.head, s.position]
+    return longest.groupby(keys)[s.norm].mean().reset_index()
 
 
-def collapsing_heads(rows: pd.DataFrame, norms: pd.DataFrame, context: float) -> list[tuple]:
-    """(layer, head) of up to NORM_HEADS heads of one model to draw: those the task flagged
-    collapsing (any mitigation), else those whose norm grew most past the training length."""
+def heads_to_draw(rows: pd.DataFrame, norms: pd.DataFrame, context: float) -> HeadChoice:
+    """Up to NORM_HEADS heads of one model, those whose norm grew most past the training
+    length: among the heads the task flagged collapsing (any mitigation) when it has a verdict."""
     s = STATE_STATS
     growth = norms.groupby([s.layer, s.head]).apply(
         lambda head: _growth(head, context), include_groups=False
     )
     ranked = growth.sort_values(ascending=False)
-    if s.collapsing in rows.columns:
-        flagged = rows.loc[rows[s.collapsing].fillna(False).astype(bool), [s.layer, s.head]]
-        flagged_keys = set(flagged.itertuples(index=False, name=None))
-        ranked = ranked[[key in flagged_keys for key in ranked.index]]
-    return list(ranked.index[:NORM_HEADS])
+    if s.collapsing not in rows.columns:
+        return HeadChoice(list(ranked.index[:NORM_HEADS]), "heads whose norm grew most")
+    flagged = rows.loc[rows[s.collapsing].fillna(False).astype(bool), [s.layer, s.head]]
+    flagged_keys = set(flagged.itertuples(index=False, name=None))
+    chosen = [key for key in ranked.index if key in flagged_keys][:NORM_HEADS]
+    return HeadChoice(chosen, "collapsing heads")
 
 
 def _growth(head: pd.DataFrame, context: float) -> float:
