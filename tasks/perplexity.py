@@ -64,7 +64,7 @@ def check_finite(losses: torch.Tensor, what: str) -> None:
 
 
 def loss_buckets(
-    model: LanguageModel, ids: list[int], bucket: int, chunk: int, progress: Progress, what: str
+    model: LanguageModel, ids: torch.Tensor, bucket: int, chunk: int, progress: Progress, what: str
 ) -> list[Bucket]:
     """Bucket means of the per-token losses of `ids`, streamed in `chunk`-token pieces."""
     losses = token_losses(model, ids, chunk, progress)

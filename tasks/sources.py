@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tasks.passkey import HAYSTACK, PREFIX
 
 Encode = Callable[[str], list[int]]
@@ -44,6 +46,7 @@ SYNTHETIC = {
 }  # name -> (prefix, unit repeated after it)
 PG19 = "emozilla/pg19"
 ALIASES = {"pg19": PG19}
+BLOCK_UNITS = 64  # units per tiled block of a synthetic prompt
 SHORT_DOC_POLICIES = ("skip", "concat")
 AUTO_SPLIT = "auto"
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -85,7 +88,7 @@ class Source:
 class Document:
     """Exactly `length` token ids, made of one or more source documents."""
 
-    ids: list[int]
+    ids: torch.Tensor  # (length,) int64: 8 bytes a token, where a list of ints takes 36
     parts: tuple[str, ...]  # ids of the source documents it is made of
     skipped: int  # source documents passed over (too short or empty) since the previous one
 
@@ -201,11 +204,26 @@ def _offline() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in OFFLINE_VARIABLES)
 
 
-def synthetic_ids(name: str, encode: Encode, length: int) -> list[int]:
-    """The first `length` tokens of a synthetic prompt: its prefix, then its unit repeated."""
+def synthetic_ids(name: str, encode: Encode, length: int) -> torch.Tensor:
+    """The first `length` tokens of a synthetic prompt: its prefix, then its unit repeated.
+
+    A million-token prompt is not encoded as one text (the tokenizer's bookkeeping would take
+    hundreds of MB): the ids of a block of units are tiled, once encoding the prefix and two
+    blocks has shown that they tokenize as the prefix's ids then the block's twice. Otherwise
+    (a tokenizer that merges across the block boundary) the whole text is encoded.
+    """
     prefix, unit = SYNTHETIC[name]
-    per_unit = len(encode(unit * 16)) / 16
-    reps = math.ceil(length / per_unit) + 16
+    head, block = encode(prefix), encode(unit * BLOCK_UNITS)
+    if encode(prefix + unit * 2 * BLOCK_UNITS) != head + block + block:
+        return torch.tensor(_encoded_in_full(prefix, unit, encode, length))
+    reps = math.ceil(max(length - len(head), 0) / len(block))
+    tiled = torch.tensor(block).repeat(reps)
+    return torch.cat([torch.tensor(head, dtype=torch.long), tiled])[:length]
+
+
+def _encoded_in_full(prefix: str, unit: str, encode: Encode, length: int) -> list[int]:
+    per_unit = len(encode(unit * BLOCK_UNITS)) / BLOCK_UNITS
+    reps = math.ceil(length / per_unit) + BLOCK_UNITS
     while True:
         ids = encode(prefix + unit * reps)
         if len(ids) >= length:
@@ -252,7 +270,7 @@ def _whole(
         if len(ids) < length:
             skipped += 1
             continue
-        found.append(Document(ids[:length], (doc_id,), skipped))
+        found.append(Document(torch.tensor(ids[:length]), (doc_id,), skipped))
         skipped = 0
         if len(found) == count:
             break
@@ -274,7 +292,7 @@ def _joined(
         ids += ([eos] if ids else []) + encode(text)
         parts.append(doc_id)
         if len(ids) >= length:
-            found.append(Document(ids[:length], tuple(parts), skipped))
+            found.append(Document(torch.tensor(ids[:length]), tuple(parts), skipped))
             ids, parts, skipped = [], [], 0
             if len(found) == count:
                 break

@@ -39,14 +39,14 @@ def reporting(model: LanguageModel, progress: Progress) -> Iterator[None]:
 
 
 def token_losses(
-    model: LanguageModel, ids: list[int], chunk: int, progress: Progress
+    model: LanguageModel, ids: torch.Tensor, chunk: int, progress: Progress
 ) -> torch.Tensor:
     """`model.token_losses(ids, chunk)`, reporting tokens to `progress` as they are scored."""
     with reporting(model, progress):
         return model.token_losses(ids, chunk=chunk)
 
 
-def prefill(model: LanguageModel, ids: list[int], chunk: int, progress: Progress) -> State:
+def prefill(model: LanguageModel, ids: torch.Tensor, chunk: int, progress: Progress) -> State:
     """The state after `ids` (`model.prefill`), reporting tokens to `progress` as they go in."""
     with reporting(model, progress):
-        return model.prefill(ids, chunk=chunk)[1]
+        return model.prefill(ids.tolist(), chunk=chunk)[1]

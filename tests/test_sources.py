@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from harness.models.tokenizer import byte_tokenizer
 from tasks.base import TaskOptions
 from tasks.passkey import HAYSTACK, PREFIX
 from tasks.perplexity import Perplexity
 from tasks.sources import (
+    BLOCK_UNITS,
+    CAPITALS,
+    SYNTHETIC,
     NotEnoughTextError,
     SourceError,
     documents,
@@ -77,21 +84,24 @@ def test_every_local_format_skips_short_and_empty_documents(
     docs = documents(source, encode, 100, count=5, policy="skip", eos=EOS)
     assert [d.parts for d in docs] == [("2",), ("4",)]
     assert [d.skipped for d in docs] == [2, 1]  # "a"*50 and "" before the first; "c"*20 next
-    assert docs[0].ids == encode("b" * 100) and docs[1].ids == encode("d" * 100)
+    assert docs[0].ids.tolist() == encode("b" * 100) and docs[1].ids.tolist() == encode("d" * 100)
 
 
 def test_single_text_file_is_one_document(tmp_path: Path) -> None:
     path = tmp_path / "book.txt"
     path.write_text("line one\nline two\n" * 20)
     [doc] = documents(resolve(str(path)), encode, 300, count=3, policy="skip", eos=EOS)
-    assert doc.parts == ("0",) and doc.ids == encode(path.read_text())[:300]
+    assert doc.parts == ("0",) and doc.ids.tolist() == encode(path.read_text())[:300]
 
 
 def test_concat_joins_documents_with_end_of_text(sources: dict[str, Path]) -> None:
     source = resolve(str(sources["jsonl"]), column="body")
     first, second = documents(source, encode, 360, count=3, policy="concat", eos=EOS)
     assert first.parts == ("0", "2", "3") and first.skipped == 1  # the empty one
-    assert first.ids == [*encode("a" * 50), EOS, *encode("b" * 300), EOS, *encode("c" * 20)][:360]
+    assert (
+        first.ids.tolist()
+        == [*encode("a" * 50), EOS, *encode("b" * 300), EOS, *encode("c" * 20)][:360]
+    )
     assert second.parts == ("4",) and len(second.ids) == 360
 
 
@@ -124,9 +134,11 @@ def test_plain_text_has_only_a_text_column(tmp_path: Path) -> None:
 def test_splits_of_folders(sources: dict[str, Path]) -> None:
     saved = resolve(str(sources["saved"]), column="body", split="train")
     [doc] = documents(saved, encode, 1, count=5, policy="skip", eos=EOS)
-    assert doc.ids == encode("x")
+    assert doc.ids.tolist() == encode("x")
     hub = resolve(str(sources["hub"]), column="body", split="validation")
-    assert documents(hub, encode, 500, count=5, policy="skip", eos=EOS)[0].ids == encode("v" * 500)
+    assert documents(hub, encode, 500, count=5, policy="skip", eos=EOS)[0].ids.tolist() == encode(
+        "v" * 500
+    )
     with pytest.raises(SourceError, match="no split 'dev'; splits: "):
         documents(
             resolve(str(sources["saved"]), "body", "dev"), encode, 1, 1, policy="skip", eos=EOS
@@ -156,7 +168,32 @@ def test_synthetic_prompts_have_the_exact_length(name: str, length: int) -> None
     ids = synthetic_ids(name, encode, length)
     assert len(ids) == length
     [doc] = documents(resolve(name), encode, length, count=4, policy="skip", eos=None)
-    assert doc.ids == ids and doc.parts == (name,)
+    assert torch.equal(doc.ids, ids) and doc.parts == (name,)
+
+
+@cache
+def merging_bpe(pre_tokenize: bool) -> Callable[[str], list[int]]:
+    """A BPE trained on runs of newlines and the capital sentences; without a pre-tokenizer
+    its tokens span sentence and block boundaries."""
+    tok = Tokenizer(models.BPE())
+    if pre_tokenize:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["\n" * 7, CAPITALS * 3, PREFIX + HAYSTACK * 3]
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return lambda text: tok.encode(text).ids
+
+
+@pytest.mark.parametrize("pre_tokenize", [True, False])
+@pytest.mark.parametrize("name", ["newlines", "capital", "haystack"])
+def test_synthetic_prompts_are_the_whole_text_encoded(name: str, pre_tokenize: bool) -> None:
+    encoder = merging_bpe(pre_tokenize)
+    prefix, unit = SYNTHETIC[name]
+    whole = encoder(prefix + unit * 4 * BLOCK_UNITS)  # four blocks: tiled three times
+    length = 3 * len(whole) // 4  # clear of how the text's end tokenizes
+    assert synthetic_ids(name, encoder, length).tolist() == whole[:length]
 
 
 def test_synthetic_prompts_text() -> None:
