@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,10 @@ from harness.models.mamba2.config import Mamba2Config
 from harness.models.mamba2.hooks import Hooks, ScanInputs, StateSnapshot
 from harness.models.mamba2.ssd import scan
 
+# dt (b, k, h) and A ((h,) or (b, k, h)) of the k tokens since the last multiple of the
+# hooks' interval: what a StateSnapshot reports when the interval spans several calls.
+Partial = tuple[torch.Tensor, torch.Tensor]
+
 
 @dataclass
 class Mamba2State:
@@ -39,12 +43,14 @@ class Mamba2State:
     conv: list[torch.Tensor]  # per layer (b, conv_dim, d_conv - 1): the last conv inputs
     ssm: list[Any]  # per layer h (b, h, p, n) float32, a replacement scan's state, None = zero
     position: int = 0  # tokens consumed so far
+    partial: list[Partial | None] | None = None  # per layer, kept only for an observer
 
     def clone(self) -> Mamba2State:
         return Mamba2State(
             conv=[c.clone() for c in self.conv],
             ssm=[None if s is None else s.clone() for s in self.ssm],
             position=self.position,
+            partial=None if self.partial is None else list(self.partial),  # never written to
         )
 
 
@@ -95,19 +101,13 @@ class Mixer(nn.Module):
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
 
     def forward(
-        self,
-        u: torch.Tensor,
-        conv_state: torch.Tensor,
-        ssm_state: Any,
-        start: int,
-        hooks: Hooks | None,
-        backend: str,
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """u (b, l, d_model) -> out (b, l, d_model), new conv state, new SSM state."""
+        self, u: torch.Tensor, state: LayerState, start: int, hooks: Hooks | None, backend: str
+    ) -> tuple[torch.Tensor, LayerState]:
+        """u (b, l, d_model) -> out (b, l, d_model), this layer's new state."""
         c = self.config
         b, l, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
-        xBC, conv_state = self.causal_conv(xBC, conv_state)
+        xBC, conv_state = self.causal_conv(xBC, state.conv)
         x, B, C = xBC.float().split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
         inputs = ScanInputs(
             x=x.reshape(b, l, c.nheads, c.headdim),
@@ -117,10 +117,10 @@ class Mixer(nn.Module):
             C=C.reshape(b, l, c.ngroups, c.d_state),
             start=start,
         )
-        y, ssm_state = run_scan(self.layer, inputs, ssm_state, hooks, backend, c.chunk_size)
+        y, state = run_scan(self.layer, inputs, state, hooks, backend, c.chunk_size)
         y = y + self.D.float()[:, None] * inputs.x  # (b, l, h, p)
         y = self.norm(y.reshape(b, l, c.d_inner), z)
-        return self.out_proj(y.to(u.dtype)), conv_state, ssm_state
+        return self.out_proj(y.to(u.dtype)), replace(state, conv=conv_state)
 
     def causal_conv(
         self, xBC: torch.Tensor, conv_state: torch.Tensor
@@ -140,36 +140,49 @@ class Mixer(nn.Module):
         return F.silu(out).transpose(1, 2), window[:, :, l:].clone()
 
 
+@dataclass(frozen=True)
+class LayerState:
+    conv: torch.Tensor  # (b, conv_dim, d_conv - 1)
+    ssm: Any  # h (b, h, p, n), a replacement scan's state, or None (zero)
+    partial: Partial | None = None  # the unfinished interval's dt and A, for observers
+
+
 def run_scan(
     layer: int,
     inputs: ScanInputs,
-    state: Any,
+    state: LayerState,
     hooks: Hooks | None,
     backend: str,
     chunk_size: int,
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, LayerState]:
     """One layer's scan with the hooks of hooks.py: -> y (b, l, h, p) without D x, new state."""
     if hooks is None:
-        return scan(inputs, state, backend, chunk_size)
+        y, h = scan(inputs, state.ssm, backend, chunk_size)
+        return y, replace(state, ssm=h)
     if hooks.transform_inputs is not None:
         inputs = hooks.transform_inputs(layer, inputs)
     if layer in hooks.scans:
-        return hooks.scans[layer](inputs, state)
+        y, carried = hooks.scans[layer](inputs, state.ssm)
+        return y, replace(state, ssm=carried)
     if not hooks.segmented:
-        return scan(inputs, state, backend, chunk_size)
-    ys = []
+        y, h = scan(inputs, state.ssm, backend, chunk_size)
+        return y, replace(state, ssm=h)
+    ys, h, partial = [], state.ssm, state.partial
     for lo, hi in _segments(inputs.start, inputs.x.shape[1], hooks.interval):
         piece = _piece(inputs, lo, hi)
-        y, state = scan(piece, state, backend, chunk_size)
+        y, h = scan(piece, h, backend, chunk_size)
         ys.append(y)
+        if hooks.observer is not None:
+            partial = _extend(partial, piece.dt, piece.A)
         position = inputs.start + hi
         if position % hooks.interval:
             continue
         if hooks.transform_state is not None:
-            state = hooks.transform_state(layer, state, position)
-        if hooks.observer is not None:
-            hooks.observer(StateSnapshot(layer, position, state, piece.dt, piece.A))
-    return torch.cat(ys, dim=1), state
+            h = hooks.transform_state(layer, h, position)
+        if hooks.observer is not None and partial is not None:
+            hooks.observer(StateSnapshot(layer, position, h, *partial))
+            partial = None
+    return torch.cat(ys, dim=1), replace(state, ssm=h, partial=partial)
 
 
 def _segments(start: int, length: int, interval: int) -> list[tuple[int, int]]:
@@ -191,6 +204,17 @@ def _piece(inputs: ScanInputs, lo: int, hi: int) -> ScanInputs:
     )
 
 
+def _extend(partial: Partial | None, dt: torch.Tensor, A: torch.Tensor) -> Partial:
+    """The unfinished interval's (dt, A) with a piece's appended; A stays (h,) while it can."""
+    if partial is None:
+        return dt, A
+    dt0, A0 = partial
+    if A0.dim() == A.dim() == 1 and torch.equal(A0, A):
+        return torch.cat([dt0, dt], dim=1), A
+    A0, A = A0.expand_as(dt0), A.expand_as(dt)  # (b, k, h)
+    return torch.cat([dt0, dt], dim=1), torch.cat([A0, A], dim=1)
+
+
 class Block(nn.Module):
     def __init__(self, config: Mamba2Config, layer: int) -> None:
         super().__init__()
@@ -198,19 +222,11 @@ class Block(nn.Module):
         self.mixer = Mixer(config, layer)
 
     def forward(
-        self,
-        u: torch.Tensor,
-        conv_state: torch.Tensor,
-        ssm_state: Any,
-        start: int,
-        hooks: Hooks | None,
-        backend: str,
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """u (b, l, d_model) float32 residual stream -> the same after this layer, states."""
-        out, conv_state, ssm_state = self.mixer(
-            self.norm(u), conv_state, ssm_state, start, hooks, backend
-        )
-        return u + out.float(), conv_state, ssm_state
+        self, u: torch.Tensor, state: LayerState, start: int, hooks: Hooks | None, backend: str
+    ) -> tuple[torch.Tensor, LayerState]:
+        """u (b, l, d_model) float32 residual stream -> the same after this layer, its state."""
+        out, state = self.mixer(self.norm(u), state, start, hooks, backend)
+        return u + out.float(), state
 
 
 class Mamba2(nn.Module):
@@ -258,12 +274,18 @@ class Mamba2(nn.Module):
         if state is None:
             state = self.init_state(ids.shape[0])
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
-        conv, ssm = [], []
-        for block, conv_state, ssm_state in zip(self.layers, state.conv, state.ssm, strict=True):
-            u, conv_state, ssm_state = block(
-                u, conv_state, ssm_state, state.position, hooks, backend
-            )
-            conv.append(conv_state)
-            ssm.append(ssm_state)
+        partial = state.partial or [None] * len(self.layers)
+        layers = []
+        for i, block in enumerate(self.layers):
+            layer = LayerState(state.conv[i], state.ssm[i], partial[i])
+            u, layer = block(u, layer, state.position, hooks, backend)
+            layers.append(layer)
         logits = self.lm_head(self.norm_f(u)).float()
-        return logits, Mamba2State(conv, ssm, state.position + ids.shape[1])
+        return logits, Mamba2State(
+            conv=[layer.conv for layer in layers],
+            ssm=[layer.ssm for layer in layers],
+            position=state.position + ids.shape[1],
+            partial=[layer.partial for layer in layers]
+            if any(layer.partial is not None for layer in layers)
+            else None,
+        )
