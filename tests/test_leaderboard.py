@@ -312,6 +312,9 @@ def test_heads_to_draw_follow_the_task_verdict_then_growth() -> None:
         ]
     )  # fmt: skip
     assert heads_to_draw(rows, head_norms(rows), 2048).heads == [(0, 1)]
+    none_flagged = heads_to_draw(rows.assign(collapsed=False), head_norms(rows), 2048)
+    assert none_flagged.heads == [(0, 0), (0, 1), (0, 2)]
+    assert none_flagged.what == "heads whose norm grew most (none collapsed)"
     by_growth = heads_to_draw(rows.drop(columns="collapsed"), head_norms(rows), 2048)
     assert by_growth.heads == [(0, 0), (0, 1), (0, 2)]
     assert by_growth.what == "heads whose norm grew most"

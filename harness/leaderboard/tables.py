@@ -290,18 +290,22 @@ def head_norms(rows: pd.DataFrame) -> pd.DataFrame | None:
 
 def heads_to_draw(rows: pd.DataFrame, norms: pd.DataFrame, context: float) -> HeadChoice:
     """Up to NORM_HEADS heads of one model, those whose norm grew most past the training
-    length: among the heads the task flagged collapsing (any mitigation) when it has a verdict."""
+    length, among the heads the task flagged collapsing (any mitigation) if it flagged any."""
     s = STATE_STATS
     growth = norms.groupby([s.layer, s.head]).apply(
         lambda head: _growth(head, context), include_groups=False
     )
-    ranked = growth.sort_values(ascending=False)
-    if s.collapsing not in rows.columns:
-        return HeadChoice(list(ranked.index[:NORM_HEADS]), "heads whose norm grew most")
-    flagged = rows.loc[rows[s.collapsing].fillna(False).astype(bool), [s.layer, s.head]]
-    flagged_keys = set(flagged.itertuples(index=False, name=None))
-    chosen = [key for key in ranked.index if key in flagged_keys][:NORM_HEADS]
-    return HeadChoice(chosen, "collapsing heads")
+    ranked = list(growth.sort_values(ascending=False).index)
+    flagged = set()
+    if s.collapsing in rows.columns:
+        verdicts = rows.loc[rows[s.collapsing].fillna(False).astype(bool), [s.layer, s.head]]
+        flagged = set(verdicts.itertuples(index=False, name=None))
+    if flagged:
+        return HeadChoice([k for k in ranked if k in flagged][:NORM_HEADS], "collapsing heads")
+    what = "heads whose norm grew most"
+    if s.collapsing in rows.columns:
+        what += " (none collapsed)"
+    return HeadChoice(ranked[:NORM_HEADS], what)
 
 
 def _growth(head: pd.DataFrame, context: float) -> float:
