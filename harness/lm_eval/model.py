@@ -55,7 +55,7 @@ class SamplingNotSupported(ValueError):
 class HarnessLM(TemplateLM):
     def __init__(
         self,
-        model: str,
+        model: str | LanguageModel,
         mitigation: str = "none",
         device: str | None = None,
         dtype: str = "float32",
@@ -64,15 +64,18 @@ class HarnessLM(TemplateLM):
         batch_size: int | str | None = None,
         max_batch_size: int | None = None,
     ) -> None:
+        """`model` is a reference to load, or a loaded LanguageModel used as it is (then
+        `device`, `dtype` and `backend` are its own)."""
         super().__init__()
-        if dtype not in DTYPES:
-            raise ModelArgsError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
         if not isinstance(chunk, int) or chunk < 1:
             raise ModelArgsError(f"chunk={chunk!r}: give a positive number of tokens")
-        source = resolve(str(model))
-        self.mitigation = _mitigation_for(str(mitigation), source.family, source.name)
         self.chunk = chunk
-        self.lm: LanguageModel = load(source, _device(device), DTYPES[dtype], backend)
+        self.mitigation = parse_mitigation(str(mitigation))
+        if isinstance(model, LanguageModel):
+            self.lm = model
+        else:
+            self.lm = _load(str(model), self.mitigation, device, dtype, backend)
+        _check_applies(self.mitigation, self.lm.info.family, self.lm.info.name)
         self.lm.hooks = self.mitigation.hooks(self.lm)
         self._device = self.lm.device
 
@@ -182,6 +185,17 @@ class HarnessLM(TemplateLM):
         return text
 
 
+def _load(
+    ref: str, mitigation: Mitigation, device: str | None, dtype: str, backend: str
+) -> LanguageModel:
+    """The model `ref`, once the arguments are known to fit (so a mistake costs no loading)."""
+    if dtype not in DTYPES:
+        raise ModelArgsError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
+    source = resolve(ref)
+    _check_applies(mitigation, source.family, source.name)
+    return load(source, _device(device), DTYPES[dtype], backend)
+
+
 def _device(device: str | None) -> str:
     if device is None or device == "auto":
         return pick_device("auto")
@@ -191,14 +205,12 @@ def _device(device: str | None) -> str:
     return device
 
 
-def _mitigation_for(spec: str, family: str, model_name: str) -> Mitigation:
-    mitigation = parse_mitigation(spec)
+def _check_applies(mitigation: Mitigation, family: str, model_name: str) -> None:
     if family not in mitigation.families:
         raise ModelArgsError(
             f"mitigation {mitigation.spec!r} does not apply to {model_name} (family {family}); "
             f"it applies to: {', '.join(sorted(mitigation.families))}"
         )
-    return mitigation
 
 
 def _generation_settings(gen_kwargs: dict[str, Any]) -> tuple[list[str], int]:
