@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from harness.leaderboard.columns import MITIGATION, PERPLEXITY, STATE_STATS
-from harness.leaderboard.tables import HeadChoice, token_label
+from harness.leaderboard.tables import HeadChoice, Heatmap, token_label
 
 DPI = 100
 PANEL_COLUMNS = 3  # mitigations side by side, then wrapped
@@ -53,17 +53,19 @@ def token_axis(axis: Axes) -> None:
     axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: token_label(x)))
 
 
-def passkey_heatmap(model: str, grids: dict[str, pd.DataFrame]) -> Plot:
+def passkey_heatmap(model: str, heatmaps: dict[str, Heatmap]) -> Plot:
     """Accuracy by needle depth (y, 0% at the top) and length (x), red to green, one panel
-    per mitigation; grey where nothing was tested."""
-    figure, axes = panels(len(grids), 4.6, 3.6)
+    per mitigation titled with its sample count; grey where nothing was tested."""
+    figure, axes = panels(len(heatmaps), 4.6, 3.6)
     image = None
-    for axis, (mitigation, grid) in zip(axes, grids.items(), strict=True):
+    for axis, (mitigation, heatmap) in zip(axes, heatmaps.items(), strict=True):
+        grid = heatmap.accuracy
         values = grid.to_numpy(dtype=float)
         image = axis.imshow(values, cmap=HEATMAP_COLORS, vmin=0, vmax=1, aspect="auto")
         axis.set_xticks(range(grid.shape[1]), [token_label(n) for n in grid.columns])
         axis.set_yticks(range(grid.shape[0]), [str(label) for label in grid.index])
-        axis.set(title=mitigation, xlabel="context length (tokens)", ylabel="needle depth")
+        axis.set(xlabel="context length (tokens)", ylabel="needle depth")
+        axis.set_title(f"{mitigation} ({heatmap.samples} samples)")
         if values.size <= ANNOTATE_CELLS:
             annotate(axis, values)
     figure.colorbar(image, ax=axes, label="passkey accuracy")

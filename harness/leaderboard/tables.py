@@ -61,6 +61,12 @@ LARGEST_EXPONENT = 700.0  # exp() of more overflows a float: such a perplexity i
 
 
 @dataclass(frozen=True)
+class Heatmap:
+    accuracy: pd.DataFrame  # depth bins (rows) x lengths (columns)
+    samples: int
+
+
+@dataclass(frozen=True)
 class HeadChoice:
     heads: list[tuple]  # (layer, head)
     what: str  # how they were chosen, for the figure's title
@@ -183,17 +189,20 @@ def depth_bins(depths: pd.Series) -> pd.Series:
     return pd.cut(depths, edges, labels=labels, include_lowest=True)
 
 
-def passkey_heatmaps(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def passkey_heatmaps(rows: pd.DataFrame) -> dict[str, Heatmap]:
     """Per mitigation of one model: accuracy with depth bins as rows, lengths as columns."""
     binned = rows.assign(_bin=depth_bins(rows[PASSKEY.depth]))
     return {
-        mitigation: group.pivot_table(
-            index="_bin",
-            columns=PASSKEY.length,
-            values=PASSKEY.correct,
-            aggfunc="mean",
-            observed=False,
-        ).rename_axis(index="depth", columns="length")
+        mitigation: Heatmap(
+            group.pivot_table(
+                index="_bin",
+                columns=PASSKEY.length,
+                values=PASSKEY.correct,
+                aggfunc="mean",
+                observed=False,
+            ).rename_axis(index="depth", columns="length"),
+            len(group),
+        )
         for mitigation, group in binned.groupby(MITIGATION)
     }
 
