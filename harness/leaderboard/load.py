@@ -47,28 +47,43 @@ def load_results(root: Path) -> Results:
             f"no result parts under {root} (expected <table>/model=<m>/mitigation=<x>/"
             "part-<unit>.parquet): run `harness run` first, or point --results elsewhere"
         )
-    results = Results(root, {})
+    problems: list[str] = []
+    tables = {}
+    for name, pieces in read_parts(parts, problems).items():
+        frame = combine(name, pieces, problems)
+        if frame is not None:
+            tables[name] = frame
+    if not tables:
+        raise NoResultsError(f"no readable result table under {root}: " + "; ".join(problems))
+    device_names = read_device_names(root / "runs", problems)
+    return Results(root, tables, device_names, problems)
+
+
+def read_parts(parts: list[Path], problems: list[str]) -> dict[str, list[pa.Table]]:
+    """table name -> its readable parts; each unreadable one is named in `problems`."""
     pieces: dict[str, list[pa.Table]] = {}
     for path in parts:
         try:
             part = read_part(path)
         except (pa.ArrowException, OSError) as err:
-            results.problems.append(f"skipped unreadable part {path}: {err}")
+            problems.append(f"skipped unreadable part {path}: {err}")
             continue
         pieces.setdefault(path.parents[2].name, []).append(part)
-    for name, tables in pieces.items():
-        frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-        missing = [c for c in REQUIRED if c not in frame.columns]
-        if missing:
-            results.problems.append(f"skipped table {name!r}: no column {', '.join(missing)}")
-        else:
-            results.tables[name] = frame
-    if not results.tables:
-        raise NoResultsError(
-            f"no readable result table under {root}: " + "; ".join(results.problems)
-        )
-    results.device_names = read_device_names(root / "runs", results.problems)
-    return results
+    return pieces
+
+
+def combine(name: str, pieces: list[pa.Table], problems: list[str]) -> pd.DataFrame | None:
+    """The parts of one table as one DataFrame; None (and a problem) if they cannot be."""
+    try:
+        frame = pa.concat_tables(pieces, promote_options="permissive").to_pandas()
+    except pa.ArrowException as err:
+        problems.append(f"skipped table {name!r}: its parts disagree on column types: {err}")
+        return None
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        problems.append(f"skipped table {name!r}: no column {', '.join(missing)}")
+        return None
+    return frame
 
 
 def read_part(path: Path) -> pa.Table:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +112,7 @@ def shown_columns(main: pd.DataFrame) -> list[str]:
 
 
 def missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+    return bool(pd.isna(value))
 
 
 def count_label(value: float) -> str:
@@ -134,7 +133,7 @@ def cell_text(row: pd.Series, column: str) -> str:
         samples = row.get(N + column[len(ACC) :])
         return f"{value:.2f}" + ("" if missing(samples) else f" ({samples:.0f})")
     if column in TOKEN_COLUMNS:
-        return token_label(float(value)) if value else "0"
+        return token_label(float(value))
     if column in COUNT_COLUMNS:
         return count_label(float(value))
     if isinstance(value, float):
