@@ -25,8 +25,8 @@ import torch
 
 from harness.models.base import LanguageModel
 from tasks.base import NonFiniteError, Progress, Task
-from tasks.settings import require_choice, require_positive
-from tasks.sources import SHORT_DOC_POLICIES, SYNTHETIC, Document, documents, resolve
+from tasks.settings import require_positive
+from tasks.sources import SOURCE_SETTINGS, SYNTHETIC, Document, documents, source_from
 from tasks.streaming import token_losses
 
 DEFAULT_LENGTHS = (16384,)
@@ -99,11 +99,8 @@ class Perplexity(Task):
         ]
     )
     settings_defaults: ClassVar[dict[str, Any]] = {
-        "source": "newlines",
-        "column": "text",
-        "split": "auto",
+        **SOURCE_SETTINGS,
         "documents": 1,
-        "short_docs": "skip",
         "bucket": 128,
         "chunk": 2048,
     }
@@ -112,8 +109,7 @@ class Perplexity(Task):
     def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
         settings = super().parse_settings(raw)
         require_positive(cls.name, settings, ("documents", "bucket", "chunk"))
-        require_choice(cls.name, settings, "short_docs", SHORT_DOC_POLICIES)
-        resolve(settings["source"], settings["column"], settings["split"])
+        source_from(settings)
         return settings
 
     def units(self) -> list[dict[str, Any]]:
@@ -129,7 +125,7 @@ class Perplexity(Task):
             raise ValueError(
                 f"perplexity needs a length of at least 2 tokens, got {params['length']}"
             )
-        source = resolve(params["source"], params["column"], params["split"])
+        source = source_from(params)
         docs = documents(
             source,
             model.encode,

@@ -11,12 +11,3 @@ def require_positive(task: str, settings: dict[str, Any], keys: Iterable[str]) -
     for key in keys:
         if not settings[key] > 0:
             raise ValueError(f"task {task!r} option {key}={settings[key]!r} must be > 0")
-
-
-def require_choice(task: str, settings: dict[str, Any], key: str, choices: Iterable[str]) -> None:
-    """`key` is one of `choices`."""
-    valid = tuple(choices)
-    if settings[key] not in valid:
-        raise ValueError(
-            f"task {task!r} option {key}={settings[key]!r} is not valid; valid: {', '.join(valid)}"
-        )

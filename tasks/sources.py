@@ -13,6 +13,9 @@ A source is named by one string (the `source` option of the tasks that read text
   folder in the hub's layout (`data/<split>-*.parquet`...);
 - any other `owner/name`: a hub dataset, streamed (it fails offline with a clear error).
 
+Hub datasets and hub-layout folders take a `subset` (the hub's configuration name, e.g.
+`wikitext-103-raw-v1`). The tasks that read text share these settings (SOURCE_SETTINGS).
+
 `documents` turns a source into token sequences of exactly the asked length. Source
 documents shorter than that are either skipped (`skip`) or concatenated with the model's
 end-of-text token between them (`concat`); rows record which.
@@ -24,7 +27,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,13 @@ ALIASES = {"pg19": PG19}
 BLOCK_UNITS = 64  # units per tiled block of a synthetic prompt
 SHORT_DOC_POLICIES = ("skip", "concat")
 AUTO_SPLIT = "auto"
+SOURCE_SETTINGS: dict[str, Any] = {
+    "source": "newlines",
+    "column": "text",
+    "split": AUTO_SPLIT,
+    "subset": "",
+    "short_docs": "skip",
+}
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -78,6 +88,7 @@ class Source:
     location: str  # the synthetic name, a path, or a hub id
     column: str
     split: str
+    subset: str = ""
 
     @property
     def synthetic(self) -> bool:
@@ -93,8 +104,29 @@ class Document:
     skipped: int  # source documents passed over (too short or empty) since the previous one
 
 
-def resolve(name: str, column: str = "text", split: str = AUTO_SPLIT) -> Source:
+def source_from(settings: dict[str, Any]) -> Source:
+    """The source a task's settings name (the keys of SOURCE_SETTINGS), checked."""
+    check_policy(settings["short_docs"])
+    return resolve(settings["source"], settings["column"], settings["split"], settings["subset"])
+
+
+def check_policy(policy: str) -> None:
+    if policy not in SHORT_DOC_POLICIES:
+        valid = ", ".join(SHORT_DOC_POLICIES)
+        raise SourceError(f"short_docs={policy!r} is not valid; valid: {valid}")
+
+
+def resolve(name: str, column: str = "text", split: str = AUTO_SPLIT, subset: str = "") -> Source:
     """A source from its name, or a SourceError naming the valid kinds."""
+    source = _kind_of(name, column, split)
+    if subset and source.kind not in ("hub", "folder"):
+        raise SourceError(
+            f"subset={subset!r} applies to hub datasets and hub-layout folders, not to {name!r}"
+        )
+    return replace(source, subset=subset)
+
+
+def _kind_of(name: str, column: str, split: str) -> Source:
     if name in SYNTHETIC:
         return Source(name, "synthetic", name, column, split)
     location = ALIASES.get(name, name)
@@ -172,7 +204,8 @@ def _records(source: Source) -> Iterable[dict[str, Any]]:
             return datasets.load_dataset(
                 source.kind, data_files=_data_files(source), split="train", streaming=True, **extra
             )
-        return _split_of(datasets.load_dataset(source.location, streaming=True), source)
+        loaded = datasets.load_dataset(source.location, name=source.subset or None, streaming=True)
+        return _split_of(loaded, source)
     except OSError as err:  # missing files, hub unreachable, dataset not found
         offline = " (offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else ""
         raise SourceError(f"text source {source.name!r} cannot be opened{offline}: {err}") from err
@@ -245,8 +278,7 @@ def documents(
     """
     if source.synthetic:
         return [Document(synthetic_ids(source.location, encode, length), (source.name,), 0)]
-    if policy not in SHORT_DOC_POLICIES:
-        raise SourceError(f"short_docs={policy!r}; valid: {', '.join(SHORT_DOC_POLICIES)}")
+    check_policy(policy)
     if policy == "concat" and eos is None:
         raise SourceError(
             "short_docs=concat joins documents with the end-of-text token, which this model's "

@@ -48,8 +48,8 @@ from tasks.detect import (
 from tasks.passkey import DEFAULT_LENGTHS as PASSKEY_LENGTHS
 from tasks.passkey import DEFAULT_SAMPLES, Passkey
 from tasks.perplexity import loss_buckets
-from tasks.settings import require_choice, require_positive
-from tasks.sources import SHORT_DOC_POLICIES, documents, resolve
+from tasks.settings import require_positive
+from tasks.sources import SOURCE_SETTINGS, documents, source_from
 
 MODEL_ROW = "model"
 FIT_ROWS = {"forget": "fit-forget", "recall": "fit-recall"}
@@ -95,10 +95,7 @@ class StateCapacity(Task):
         ]
     )
     settings_defaults: ClassVar[dict[str, Any]] = {
-        "source": "newlines",
-        "column": "text",
-        "split": "auto",
-        "short_docs": "skip",
+        **SOURCE_SETTINGS,
         "loss_length": 32768,
         "bucket": 128,
         "chunk": 2048,
@@ -113,13 +110,12 @@ class StateCapacity(Task):
         settings = super().parse_settings(raw)
         positive = ("loss_length", "bucket", "chunk", "margin", "window", "smoothing")
         require_positive(cls.name, settings, positive)
-        require_choice(cls.name, settings, "short_docs", SHORT_DOC_POLICIES)
         if not 0 < settings["recall_threshold"] <= 1:
             raise ValueError(
                 f"task {cls.name!r} option recall_threshold={settings['recall_threshold']} "
                 "must be in (0, 1]"
             )
-        resolve(settings["source"], settings["column"], settings["split"])
+        source_from(settings)
         return settings
 
     def units(self) -> list[dict[str, Any]]:
@@ -187,7 +183,7 @@ class StateCapacity(Task):
                 f"training length of {model.info.name} ({train_context}); set a longer "
                 "loss_length"
             )
-        source = resolve(params["source"], params["column"], params["split"])
+        source = source_from(params)
         [doc] = documents(
             source, model.encode, params["loss_length"], 1, params["short_docs"], model.eos_token_id
         )

@@ -36,8 +36,8 @@ from harness.mitigations.compose import merge_hooks
 from harness.models.base import LanguageModel
 from harness.models.mamba2 import Hooks, Mamba2LM, StateSnapshot
 from tasks.base import Progress, Task
-from tasks.settings import require_choice, require_positive
-from tasks.sources import SHORT_DOC_POLICIES, documents, resolve
+from tasks.settings import require_positive
+from tasks.sources import SOURCE_SETTINGS, documents, source_from
 from tasks.streaming import prefill
 
 DEFAULT_LENGTHS = (16384,)
@@ -196,10 +196,7 @@ class StateStats(Task):
         ]
     )
     settings_defaults: ClassVar[dict[str, Any]] = {
-        "source": "newlines",
-        "column": "text",
-        "split": "auto",
-        "short_docs": "skip",
+        **SOURCE_SETTINGS,
         "interval": 128,
         "outlier_sigma": 3.0,
         "growth": 2.0,
@@ -210,8 +207,7 @@ class StateStats(Task):
     def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
         settings = super().parse_settings(raw)
         require_positive(cls.name, settings, ("interval", "outlier_sigma", "growth", "chunk"))
-        require_choice(cls.name, settings, "short_docs", SHORT_DOC_POLICIES)
-        resolve(settings["source"], settings["column"], settings["split"])
+        source_from(settings)
         return settings
 
     def units(self) -> list[dict[str, Any]]:
@@ -226,7 +222,7 @@ class StateStats(Task):
             raise TypeError(
                 f"state-stats reads the Mamba-2 state; {model.info.name} is a {model.info.family}"
             )
-        source = resolve(params["source"], params["column"], params["split"])
+        source = source_from(params)
         [doc] = documents(
             source, model.encode, params["length"], 1, params["short_docs"], model.eos_token_id
         )

@@ -217,3 +217,11 @@ def test_task_settings_are_checked_before_any_work(tmp_path: Path) -> None:
         tasks(source=str(tmp_path / "nothing.parquet"))
     with pytest.raises(ValueError, match="has no option 'buckets'; valid: bucket, chunk"):
         tasks(buckets="128")
+
+
+def test_subset_applies_to_hub_datasets_only(sources: dict[str, Path]) -> None:
+    assert resolve("owner/corpus", subset="en").subset == "en"
+    with pytest.raises(SourceError, match="subset='en' applies to hub datasets"):
+        resolve(str(sources["jsonl"]), column="body", subset="en")
+    with pytest.raises(SourceError, match="applies to hub datasets"):
+        resolve("newlines", subset="en")
