@@ -63,7 +63,7 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> None:
 @pytest.mark.parametrize("groups", [1, 2])
 def test_ssd_scan_matches_naive_recurrence(chunk: int, per_token_A: bool, groups: int) -> None:
     i = random_inputs(45, groups=groups, per_token_A=per_token_A)
-    h0 = torch.randn(2, 4, 3, 5)
+    h0 = torch.randn(2, 4, 5, 3).transpose(-1, -2)  # (b, h, p, n), not contiguous
     y, h = ssd_scan(i.x, i.dt, i.A, i.B, i.C, chunk, h0)
     y_ref, h_ref = naive_scan(i.x, i.dt, i.A, i.B, i.C, h0)
     close(y, y_ref)
@@ -83,7 +83,7 @@ def test_ssd_scan_from_zero_state_and_strong_decay() -> None:
 @pytest.mark.parametrize("per_token_A", [False, True])
 def test_recurrent_step_matches_naive(per_token_A: bool) -> None:
     i = random_inputs(1, per_token_A=per_token_A)
-    h0 = torch.randn(2, 4, 3, 5)
+    h0 = torch.randn(2, 4, 5, 3).transpose(-1, -2)
     y, h = recurrent_step(i.x, i.dt, i.A, i.B, i.C, h0)
     y_ref, h_ref = naive_scan(i.x, i.dt, i.A, i.B, i.C, h0)
     close(y, y_ref)

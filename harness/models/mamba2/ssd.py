@@ -80,7 +80,7 @@ def _chunk(
     y_diag = (decay * scores[:, :, None]) @ x_head  # (b, g, r, L, p)
 
     # from the state carried in: exp(cum_t) C_t h_0, one product per group over its r heads
-    h0 = h0.view(b, g, r * p, n)
+    h0 = h0.reshape(b, g, r * p, n)
     y_state = (C @ h0.transpose(-1, -2)).view(b, g, L, r, p)  # (b, g, L, r, p)
     y = y_diag.permute(0, 3, 1, 2, 4) + y_state.transpose(1, 2) * _exp(cum)[..., None]
 
@@ -111,11 +111,11 @@ def recurrent_step(
     b, _, h, p = x.shape
     g, n = B.shape[-2:]
     r = h // g
-    alpha = torch.exp(dt * A).view(b, g, r, 1, 1)
-    dtx = (x * dt[..., None]).view(b, g, r, p, 1)
-    B = B.view(b, g, 1, 1, n)
-    C = C.view(b, g, 1, n, 1)
-    state = dtx * B if h0 is None else alpha * h0.view(b, g, r, p, n) + dtx * B
+    alpha = torch.exp(dt * A).reshape(b, g, r, 1, 1)
+    dtx = (x * dt[..., None]).reshape(b, g, r, p, 1)
+    B = B.reshape(b, g, 1, 1, n)
+    C = C.reshape(b, g, 1, n, 1)
+    state = dtx * B if h0 is None else alpha * h0.reshape(b, g, r, p, n) + dtx * B
     y = (state @ C).view(b, 1, h, p)
     return y, state.view(b, h, p, n)
 
