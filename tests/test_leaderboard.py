@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,8 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from harness.leaderboard.build import Options, build
+from harness.leaderboard.build import build
 from harness.leaderboard.cli import add_arguments, command
+from harness.leaderboard.options import Options
 from harness.leaderboard.render import to_markdown
 from harness.leaderboard.tables import effective_length, head_norms, heads_to_draw
 from harness.results import COMMON, part_path, write_manifest, write_part
@@ -385,3 +387,15 @@ def test_html_page_in_a_headless_browser(results: Path, tmp_path: Path) -> None:
     assert counter.first_cells == ["pythia-160m", "mamba2-130m", "mamba2-130m"]
     assert counter.images == 3  # mamba2-130m heatmap and loss curves, pythia-160m heatmap
     assert 'data-order="asc"' in sorted_dom  # the script ran and marked the sorted column
+
+
+def test_cli_module_imports_nothing_heavy() -> None:
+    """`harness` builds every subcommand's parser; the leaderboard's must not cost seconds."""
+    probe = (
+        "import sys, harness.leaderboard.cli; "
+        "print(sorted({'matplotlib', 'pandas'} & set(sys.modules)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"

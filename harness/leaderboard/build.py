@@ -26,15 +26,7 @@ from harness.leaderboard.columns import (
 from harness.leaderboard.conflicts import resolve
 from harness.leaderboard.figures import Plot
 from harness.leaderboard.load import load_results
-
-DEFAULT_THRESHOLD = 0.95
-DEFAULT_POSITIONS = (0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-@dataclass(frozen=True)
-class Options:
-    threshold: float = DEFAULT_THRESHOLD  # passkey accuracy an effective length needs
-    positions: tuple[float, ...] = DEFAULT_POSITIONS  # perplexity columns, x training length
+from harness.leaderboard.options import Options
 
 
 @dataclass

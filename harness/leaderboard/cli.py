@@ -1,4 +1,7 @@
-"""`harness leaderboard`: its options and its command (harness/cli.py wires them in)."""
+"""`harness leaderboard`: its options and its command (harness/cli.py wires them in).
+
+Importing this module is cheap: the command imports the heavy modules when it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.leaderboard.build import DEFAULT_POSITIONS, DEFAULT_THRESHOLD, Options, build
-from harness.leaderboard.load import NoResultsError
-from harness.leaderboard.render import write_leaderboard
+from harness.leaderboard.options import DEFAULT_POSITIONS, DEFAULT_THRESHOLD, Options
 
 
 def threshold(text: str) -> float:
@@ -60,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Build and write the leaderboard: 0, or 2 when there are no results to read."""
+    # pandas and matplotlib load here, not when `harness` builds its parser for other commands
+    from harness.leaderboard.build import build
+    from harness.leaderboard.load import NoResultsError
+    from harness.leaderboard.render import write_leaderboard
+
     try:
         board = build(args.results, Options(args.threshold, tuple(args.positions)))
     except NoResultsError as err:
