@@ -119,7 +119,7 @@ def test_loss_buckets_add_up_to_the_rolling_loglikelihood(tmp_path: Path) -> Non
     total = sum(ll for [(ll, _)] in buckets["resps"])
     assert total == pytest.approx(whole["resps"][0][0], 1e-4)
     metrics = results["results"]["harness_loss_by_position"]
-    assert {"loss@[0,100),none", "loss@[200,300),none"} <= set(metrics)
+    assert {"loss@[0-100),none", "loss@[200-300),none"} <= set(metrics)
     assert "bits_per_byte@300,none" in results["results"]["harness_perplexity"]
 
 
@@ -188,6 +188,8 @@ def test_wrong_settings_are_refused_with_the_fix() -> None:
         documents(model="tiny-pythia", max_seq_lengths=["4q"])
     with pytest.raises(TokenizerNotGiven, match="--metadata"):
         documents(max_seq_lengths=[512])
+    with pytest.raises(MetadataError, match="pass max_length=5"):
+        documents(model="tiny-pythia", max_seq_lengths=[512], samples=1, max_length=512)
 
 
 def test_console_registers_the_model_beside_lm_evals_own() -> None:

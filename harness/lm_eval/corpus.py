@@ -76,6 +76,7 @@ class Cut:
 def corpus_cuts(metadata: Mapping[str, Any]) -> list[Cut]:
     """`samples` cuts per length, going round the lengths."""
     settings = CorpusSettings.from_metadata(metadata)
+    meta.check_context_fits(metadata, max(settings.lengths) + 1)  # + the end-of-text prefix
     tokenizer = tokenizer_from_metadata(metadata)
     by_length = _cut(texts(settings), tokenizer, settings)
     return [cut for round_ in zip(*by_length.values(), strict=True) for cut in round_]

@@ -4,9 +4,10 @@ The closest lm-eval gets to the harness's loss-by-position curve. Each document 
 and corpus: `harness.lm_eval.corpus`) is split at multiples of `bucket` tokens (`--metadata`
 `bucket`, default: the longest length / 8); bucket [s, e) becomes one `loglikelihood`
 request, context = the document's first s tokens, continuation = tokens s to e. Metrics:
-- `loss@[s,e)`: mean loss per token (nats) at positions s to e, over the documents that
-  reach them (bucket edges are the same for every length, so documents of all lengths
-  contribute to the early buckets);
+- `loss@[s-e)`: mean loss per token (nats) at positions s to e - 1, over the documents
+  that have them: documents of every length share the buckets that end at a multiple of
+  `bucket`; a document's last bucket ends at its length (e.g. `loss@[400-600)` for 600
+  tokens with buckets of 200, `loss@[400-512)` for 512);
 - `loss`: mean loss per token over whole documents.
 
 What it cannot express: a per-position curve finer than the buckets, and anything that
@@ -17,8 +18,10 @@ split at the documents' token boundaries and the backend encodes context and con
 itself, so a bucket may gain or lose a token at its edges; losses are divided by the bucket's
 token count in the tokenizer the lengths are counted in.
 
-With lm-eval's `hf` backend, give `max_length` of at least the longest document: `hf` cuts a
-longer context from the left without a word.
+With lm-eval's `hf` backend, give `max_length` above the longest length (a smaller one is
+refused, a missing one warned about): `hf` cuts a longer input from the left without a word.
+lm-eval warns that the metrics were scored on different numbers of documents: each bucket
+counts only the documents that reach it, as intended.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def edges(length: int, bucket: int) -> list[int]:
 
 
 def bucket_name(start: int, end: int) -> str:
-    return f"loss@[{start},{end})"
+    return f"loss@[{start}-{end})"  # no comma: lm-eval splits "<metric>,<filter>" keys at it
 
 
 def documents(**metadata: Any) -> dict[str, datasets.Dataset]:

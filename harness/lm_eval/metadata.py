@@ -7,10 +7,13 @@ present and ignored here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from harness.plan import UsageError, parse_depths, parse_lengths
+
+log = logging.getLogger(__name__)
 
 LENGTHS_KEY = "max_seq_lengths"
 
@@ -64,3 +67,22 @@ def _parsed(value: Any, parse: Callable[[str], T], key: str, example: str) -> T:
         return parse(",".join(str(item) for item in items))
     except UsageError as err:
         raise MetadataError(f"--metadata {key}={value!r}: {err}; e.g. {example}") from None
+
+
+def check_context_fits(metadata: Mapping[str, Any], needed: int) -> None:
+    """Refuse a backend `max_length` below `needed` tokens; warn when an `hf`-style backend
+    (a `pretrained` model) has none, as it then cuts inputs to 2048 tokens or its config's
+    maximum without a word."""
+    given = metadata.get("max_length")
+    if given is not None and (not isinstance(given, int) or given < needed):
+        raise MetadataError(
+            f"--model_args max_length={given!r} is below the {needed} tokens these documents "
+            f"need; the backend would cut them from the left: pass max_length={needed}"
+        )
+    if given is None and "pretrained" in metadata and "max_model_len" not in metadata:
+        log.warning(
+            "no max_length in --model_args: lm-eval's hf backend cuts inputs longer than 2048 "
+            "tokens (or its model config's maximum) from the left without a word; pass "
+            "max_length=%d",
+            needed,
+        )

@@ -13,9 +13,14 @@ Settings, from `--metadata` (JSON):
 - `samples`: prompts per length, per depth when depths are given (default 10);
 - `seed`: the key generator's seed (default 0).
 
-Metrics: `acc` over all prompts, and `acc@<length>` over the prompts of each length. The
+Metrics: `acc` over all prompts, and `acc@<length>` over the prompts of each length (lm-eval
+warns that they were scored on different numbers of documents: that is the point). The
 documents go round the lengths (one prompt of each length, then the next), so `--limit n`
 keeps every length.
+
+With lm-eval's `hf` backend, give `max_length` of at least the longest prompt plus its
+generation budget (a smaller one is refused, a missing one warned about): `hf` otherwise cuts
+prompts from the left to 2048 tokens or its model config's maximum without a word.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
     settings = PasskeySettings.from_metadata(metadata)
     encode = encoder(tokenizer_from_metadata(metadata))
     docs = [document(encode, sample) for sample in settings.samples_in_order()]
+    meta.check_context_fits(metadata, max(d["tokens"] + d["max_gen_toks"] for d in docs))
     return {"test": datasets.Dataset.from_list(docs)}
 
 

@@ -13,10 +13,12 @@ lm-eval never sees per-token losses. A longer document's loss mixes positions wi
 beyond the training context; `harness_loss_by_position` buckets positions instead, and
 `harness run --tasks perplexity` gives the full curve.
 
-With lm-eval's `hf` backend, give `max_length` of at least the longest document: beyond it
-`hf` scores in rolling windows (each token still scored once, with a shorter context), which
-measures windowed attention, not the model's long context. The `harness` backend streams the
-whole document through the model.
+With lm-eval's `hf` backend, give `max_length` above the longest length (a smaller one is
+refused, a missing one warned about): beyond it `hf` scores in rolling windows (each token
+still scored once, with a shorter context), which measures windowed attention, not the
+model's long context. The `harness` backend streams the whole document through the model.
+lm-eval warns that the metrics were scored on different numbers of documents: each `@<n>`
+metric counts only the documents of length n, as intended.
 """
 
 from __future__ import annotations
