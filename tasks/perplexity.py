@@ -26,7 +26,7 @@ import torch
 from harness.models.base import LanguageModel
 from tasks.base import NonFiniteError, Progress, Task
 from tasks.settings import require_positive
-from tasks.sources import SOURCE_SETTINGS, SYNTHETIC, Document, documents, source_from
+from tasks.sources import SOURCE_SETTINGS, SYNTHETIC, Document, Source, documents, source_from
 from tasks.streaming import token_losses
 
 DEFAULT_LENGTHS = (16384,)
@@ -139,44 +139,45 @@ class Perplexity(Task):
             found = loss_buckets(
                 model, doc.ids, params["bucket"], params["chunk"], progress, f"document {index}"
             )
-            rows += [self._row(model, params, source.split, index, doc, b) for b in found]
+            shared = _document_fields(params, source, index, doc)
+            rows += [shared | _bucket_fields(b, model.info.train_context) for b in found]
         return rows
 
-    def _row(
-        self,
-        model: LanguageModel,
-        params: dict[str, Any],
-        split: str,
-        index: int,
-        doc: Document,
-        bucket: Bucket,
-    ) -> dict[str, Any]:
-        return {
-            "source": params["source"],
-            "split": None if params["source"] in SYNTHETIC else split,
-            "short_docs": params["short_docs"],
-            "length": params["length"],
-            "document": index,
-            "parts": ",".join(doc.parts),
-            "skipped": doc.skipped,
-            "bucket_size": params["bucket"],
-            "start": bucket.start,
-            "end": bucket.end,
-            "count": bucket.count,
-            "mean_loss": bucket.mean_loss,
-            "perplexity": perplexity(bucket.mean_loss),
-            "beyond_context": bucket.start >= model.info.train_context,
-        }
-
     def summary(self, rows: list[dict[str, Any]]) -> str:
-        inside = [r for r in rows if not r["beyond_context"]]
-        beyond = [r for r in rows if r["beyond_context"]]
-        docs = len({r["document"] for r in rows})
-        parts = [f"{docs} doc(s)"]
-        for label, group in (("in context", inside), ("beyond", beyond)):
+        parts = [f"{len({r['document'] for r in rows})} doc(s)"]
+        for label, beyond in (("in context", False), ("beyond", True)):
+            group = [r for r in rows if r["beyond_context"] == beyond]
             if group:
-                loss = sum(r["mean_loss"] * r["count"] for r in group) / sum(
-                    r["count"] for r in group
-                )
-                parts.append(f"ppl {label} {perplexity(loss):.3g}")
+                parts.append(f"ppl {label} {perplexity(pooled_loss(group)):.3g}")
         return ", ".join(parts)
+
+
+def pooled_loss(rows: list[dict[str, Any]]) -> float:
+    """The token-weighted mean loss of bucket rows."""
+    return sum(r["mean_loss"] * r["count"] for r in rows) / sum(r["count"] for r in rows)
+
+
+def _document_fields(
+    params: dict[str, Any], source: Source, index: int, doc: Document
+) -> dict[str, Any]:
+    return {
+        "source": source.name,
+        "split": None if source.synthetic else source.split,
+        "short_docs": params["short_docs"],
+        "length": params["length"],
+        "document": index,
+        "parts": ",".join(doc.parts),
+        "skipped": doc.skipped,
+        "bucket_size": params["bucket"],
+    }
+
+
+def _bucket_fields(bucket: Bucket, train_context: int) -> dict[str, Any]:
+    return {
+        "start": bucket.start,
+        "end": bucket.end,
+        "count": bucket.count,
+        "mean_loss": bucket.mean_loss,
+        "perplexity": perplexity(bucket.mean_loss),
+        "beyond_context": bucket.start >= train_context,
+    }

@@ -176,7 +176,7 @@ def _single_file(source: Source) -> Source:
         raise SourceError(
             f"text source {source.name!r} has one split, 'train'; got split={source.split!r}"
         )
-    return Source(source.name, source.kind, source.location, source.column, "train")
+    return replace(source, split="train")
 
 
 def texts(source: Source) -> Iterator[tuple[str, str]]:
@@ -194,7 +194,7 @@ def texts(source: Source) -> Iterator[tuple[str, str]]:
 
 
 def _records(source: Source) -> Iterable[dict[str, Any]]:
-    import datasets
+    import datasets  # slow to import: only when a dataset is read
 
     try:
         if source.kind == "saved":

@@ -57,6 +57,8 @@ def test_rows_count_each_target_once_and_flag_beyond_context(pythia: LanguageMod
     assert {(r["source"], r["split"], r["short_docs"], r["parts"]) for r in rows} == {
         ("capital", None, "skip", "capital")
     }
+    assert task.summary(rows).startswith("1 doc(s), ppl in context ")
+    assert ", ppl beyond " in task.summary(rows)
 
 
 def test_chunk_size_does_not_change_the_losses(pythia: LanguageModel) -> None:
