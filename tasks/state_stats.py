@@ -77,7 +77,8 @@ class StateRecorder:
         sums.tokens += dt.shape[0]
         first = snapshot.position - dt.shape[0] == 0  # token 0's own decay does not count
         retained = log_alpha[1:] if first else log_alpha
-        self.log_retention[layer] = self.log_retention.get(layer, 0) + retained.sum(0)
+        log_retention = self.log_retention.setdefault(layer, torch.zeros_like(sums.dt))
+        log_retention += retained.sum(0)
         if snapshot.position % self.interval == 0:
             self.records += self._records(snapshot, sums)
             self.sums[layer] = IntervalSums(heads)
@@ -114,19 +115,23 @@ def add_verdicts(records: list[dict[str, Any]], train_context: int, growth: floa
     for record in records:
         by_head[record["layer"], record["head"]].append(record)
     for series in by_head.values():
-        series.sort(key=lambda r: r["position"])
-        inside = [r for r in series if r["position"] <= train_context]
-        reference = inside[-1]["norm"] if inside else None
-        beyond = [r for r in series if r["position"] > train_context]
-        for record in series:
-            record["train_norm"] = reference
-            record["growth"] = _ratio(record["norm"], reference)
-        above = [r for r in beyond if r["growth"] is not None and r["growth"] > growth]
-        position = above[0]["position"] if above else None
-        collapsed = None if reference is None or not beyond else position is not None
-        for record in series:
-            record["collapse_position"] = position
-            record["collapsed"] = collapsed
+        _head_verdict(sorted(series, key=lambda r: r["position"]), train_context, growth)
+
+
+def _head_verdict(series: list[dict[str, Any]], train_context: int, growth: float) -> None:
+    """One head's records, in position order: norms against the one at the training length."""
+    inside = [r for r in series if r["position"] <= train_context]
+    reference = inside[-1]["norm"] if inside else None
+    for record in series:
+        record["train_norm"] = reference
+        record["growth"] = _ratio(record["norm"], reference)
+    beyond = [r for r in series if r["position"] > train_context]
+    above = [r["position"] for r in beyond if r["growth"] is not None and r["growth"] > growth]
+    position = above[0] if above else None
+    collapsed = None if reference is None or not beyond else position is not None
+    for record in series:
+        record["collapse_position"] = position
+        record["collapsed"] = collapsed
 
 
 def _ratio(norm: float, reference: float | None) -> float | None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
 
+from harness.mitigations.base import NoMitigation
 from harness.models.base import ModelInfo
+from harness.models.loading import resolve as resolve_model
 from harness.models.mamba2 import Hooks, Mamba2, Mamba2Config, Mamba2LM
 from harness.models.tokenizer import byte_tokenizer
+from harness.plan import Plan, Unit
+from harness.results import read_table
+from harness.runner import RunConfig, Runner
 from tasks.base import TaskOptions
 from tasks.state_stats import StateStats
 
@@ -150,3 +156,16 @@ def test_hooks_are_restored_after_a_failure(stuffed: Mamba2LM) -> None:
         assert stuffed.hooks is mitigation
     finally:
         stuffed.hooks = None
+
+
+def test_runner_writes_the_rows(tmp_path: Path) -> None:
+    task = StateStats(TaskOptions(lengths=(256,), extra={"state-stats": {"interval": "64"}}))
+    model = resolve_model("tiny-mamba2")
+    units = [Unit(task, model, NoMitigation(), p, "float32") for p in task.units()]
+    out = tmp_path / "results"
+    config = RunConfig(out=out, device="cpu", dtype="float32", backend="auto", seed=0)
+    report = Runner(Plan([model], [NoMitigation()], [task], units), config).run()
+    assert not report.failed, report.failed
+    rows = read_table(out, "state_stats").to_pylist()
+    assert len(rows) == 2 * 8 * 4  # layers x heads x positions of tiny-mamba2
+    assert {r["collapsed"] for r in rows} == {None}  # 256 tokens stay inside its 1024
