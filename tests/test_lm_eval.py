@@ -192,6 +192,12 @@ def test_wrong_settings_are_refused_with_the_fix() -> None:
         documents(model="tiny-pythia", max_seq_lengths=[512], samples=1, max_length=512)
 
 
+def test_model_args_win_over_lm_eval_settings() -> None:
+    given = {"device": "cuda:0", "batch_size": 1, "max_batch_size": None}
+    model = HarnessLM.create_from_arg_string("model=tiny-pythia,device=cpu,chunk=64", given)
+    assert (model.device.type, model.chunk, model.mitigation.spec) == ("cpu", 64, "none")
+
+
 def test_console_registers_the_model_beside_lm_evals_own() -> None:
     register()
     assert get_model("harness") is HarnessLM

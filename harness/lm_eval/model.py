@@ -14,8 +14,17 @@
 
 Nothing is truncated: contexts of any length stream through the model in chunks with the
 state carried exactly (the model interface's `prefill` / `token_losses`), so a request
-longer than the training context is evaluated, not cut. Requests run one at a time
-(`batch_size` is accepted and ignored). Decoding is greedy only.
+longer than the training context is evaluated, not cut. `loglikelihood_rolling` scores every
+token of a text after the end-of-text token (the sum of `token_losses`); `generate_until`
+decodes greedily up to `max_gen_toks` (default 256), stopping at end of text or before the
+first `until` sequence, and refuses sampling settings. Requests run one at a time
+(`batch_size` is accepted and ignored); consecutive `loglikelihood` requests with one context
+prefill it once.
+
+lm-eval's `--model_args` win over its other settings (its `--device` defaults to cuda:0).
+From Python, `HarnessLM(model=<loaded LanguageModel>)` wraps a model already loaded, for
+`lm_eval.simple_evaluate(model=...)`. lm-eval only sees this model once this module is
+imported: `harness-lm-eval` (`harness.lm_eval.console`) does that for its command line.
 """
 
 from __future__ import annotations
@@ -77,6 +86,9 @@ class HarnessLM(TemplateLM):
             self.lm = _load(str(model), self.mitigation, device, dtype, backend)
         _check_applies(self.mitigation, self.lm.info.family, self.lm.info.name)
         self.lm.hooks = self.mitigation.hooks(self.lm)
+        log.info(
+            "%s with %s: %s", self.lm.info.name, self.mitigation.spec, self.mitigation.artifacts()
+        )
         self._device = self.lm.device
 
     @classmethod
@@ -166,10 +178,10 @@ class HarnessLM(TemplateLM):
     @torch.inference_mode()
     def _generate(self, context: str, until: list[str], max_new_tokens: int) -> str:
         """Greedy decoding after the whole context, cut before the first stop sequence."""
-        ids = self.tok_encode(context) or [self.prefix_token_id]
-        logits, state = self.lm.prefill(ids, self.chunk)
+        logits, state = self.lm.prefill(
+            self.tok_encode(context) or [self.prefix_token_id], self.chunk
+        )
         tokens: list[int] = []
-        text = ""
         while len(tokens) < max_new_tokens:
             token = int(logits.argmax())
             if token == self.lm.eos_token_id:
@@ -179,10 +191,9 @@ class HarnessLM(TemplateLM):
             stop = _first_stop(text, until)
             if stop is not None:
                 return text[:stop]
-            step = torch.tensor([[token]], device=self._device)
-            out, state = self.lm.forward(step, state)
+            out, state = self.lm.forward(torch.tensor([[token]], device=self._device), state)
             logits = out[0, -1].float()
-        return text
+        return self.lm.decode(tokens)
 
 
 def _load(
@@ -215,15 +226,17 @@ def _check_applies(mitigation: Mitigation, family: str, model_name: str) -> None
 
 def _generation_settings(gen_kwargs: dict[str, Any]) -> tuple[list[str], int]:
     """(stop sequences, most new tokens) of one request; sampling is refused."""
-    if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0.0) > 0.0:
+    sampling = gen_kwargs.get("do_sample")
+    if sampling is None:
+        sampling = float(gen_kwargs.get("temperature") or 0.0) > 0.0
+    if sampling:
         raise SamplingNotSupported(
             f"generation settings {gen_kwargs} ask for sampling; the harness model decodes "
             "greedily: set do_sample=false and temperature=0 (e.g. --gen_kwargs do_sample=false)"
         )
     until = gen_kwargs.get("until") or []
-    return ([until] if isinstance(until, str) else list(until)), int(
-        gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)
-    )
+    stops = [until] if isinstance(until, str) else list(until)
+    return stops, int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
 
 
 def _first_stop(text: str, until: list[str]) -> int | None:
