@@ -154,6 +154,16 @@ def test_state_norm_calibration_is_deterministic_and_reproducible(model: Mamba2L
     assert replay.artifacts()["tau"] == first.artifacts()["tau"]
 
 
+def test_one_state_norm_calibrates_each_model_it_serves(model: Mamba2LM) -> None:
+    mitigation, other = StateNorm(), tiny_model(seed=1)
+    mitigation.hooks(model)
+    first = mitigation.artifacts()["tau"]
+    mitigation.hooks(other)
+    assert mitigation.artifacts()["tau"] != first
+    mitigation.hooks(model)
+    assert mitigation.artifacts()["tau"] == first
+
+
 def test_state_norm_on_the_evaluation_text(model: Mamba2LM) -> None:
     mitigation = parse_mitigation("state-norm:calib=eval")
     with pytest.raises(MitigationError, match=r"call calibrate\(model, ids\)"):
@@ -161,6 +171,8 @@ def test_state_norm_on_the_evaluation_text(model: Mamba2LM) -> None:
     mitigation.calibrate(model, random_ids(1000)[0].tolist())  # type: ignore[attr-defined]
     assert mitigation.artifacts()["calib_tokens"] == TRAIN_CONTEXT
     assert mitigation.hooks(model).interval == 128
+    with pytest.raises(MitigationError, match="calib=eval"):
+        mitigation.hooks(tiny_model(seed=1))
 
 
 def test_state_norm_in_a_composite_calibrates_under_the_earlier_parts(model: Mamba2LM) -> None:

@@ -23,6 +23,7 @@ reproduced; `set_thresholds` puts recorded ones back without calibrating.
 from __future__ import annotations
 
 import math
+import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -60,6 +61,7 @@ class StateNorm(Mitigation):
         self.params = {"k": k, "mult": mult, "calib": calib}
         self.tau: torch.Tensor | None = None  # (n_layer, nheads) float32, mult applied
         self.calib_tokens = 0
+        self.source: weakref.ref[LanguageModel] | None = None  # model calibrated on; None: given
 
     def calibrate(self, model: LanguageModel, ids: list[int], under: Hooks | None = None) -> None:
         """Thresholds from the state after the first T_train tokens of `ids`.
@@ -76,17 +78,26 @@ class StateNorm(Mitigation):
             else torch.full_like(norms, math.inf)
         )
         self.calib_tokens = len(ids)
+        self.source = weakref.ref(model)
 
     def set_thresholds(self, tau: torch.Tensor | list[list[float]]) -> None:
         """Use recorded thresholds (n_layer, nheads), e.g. an earlier run's `artifacts()["tau"]`."""
         self.tau = torch.as_tensor(tau, dtype=torch.float32)
+        self.source = None
+
+    def calibrated_for(self, model: LanguageModel) -> bool:
+        """Whether the thresholds apply to `model`: calibrated on it, or given by the caller."""
+        return self.tau is not None and (self.source is None or self.source() is model)
 
     def hooks(self, model: LanguageModel) -> Hooks:
         return self.hooks_under(model, None)
 
     def hooks_under(self, model: LanguageModel, under: Hooks | None) -> Hooks:
-        """Hooks, calibrating first (on the newline prompt, run with `under`) if not done yet."""
-        if self.tau is None:
+        """Hooks, calibrating on `model` first (newline prompt, run with `under`) if not done yet.
+
+        One instance serves model after model (the runner's way): each gets its own thresholds.
+        """
+        if not self.calibrated_for(model):
             if self.params["calib"] == "eval":
                 raise MitigationError(
                     "state-norm:calib=eval calibrates on the evaluation text: call "
@@ -94,6 +105,7 @@ class StateNorm(Mitigation):
                 )
             self.calibrate(model, newline_ids(model), under)
         tau = self.tau
+        assert tau is not None  # calibrated just above
         expected = (layer_count(model), head_count(model))
         if tuple(tau.shape) != expected:
             raise MitigationError(

@@ -147,7 +147,7 @@ def _piece(inputs: ScanInputs) -> Piece:
     return Piece(
         start=inputs.start,
         dtx=inputs.x * dt[..., None],  # (b, l, h, p)
-        B=inputs.B,
+        B=inputs.B.clone(),  # a view of the mixer's whole [x, B, C]: keep B only
         dtA=(dt * inputs.A).double(),  # A (h,) or (b, l, h)
     )
 
