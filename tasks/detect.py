@@ -61,6 +61,16 @@ def paper_millions(state_size: int) -> float:
     return state_size / PAPER_STATE_UNIT
 
 
+def paper_forget(n_s: float) -> float:
+    """The paper's T_forget(N_S), K tokens."""
+    return PAPER_FORGET["a"] * n_s + PAPER_FORGET["b"]
+
+
+def paper_recall(n_s: float) -> float:
+    """The paper's T_recall(N_S), K tokens."""
+    return PAPER_RECALL["b"] * (PAPER_RECALL["a"] ** n_s - 1) + PAPER_RECALL["c"]
+
+
 def in_context_level(
     starts: np.ndarray, ends: np.ndarray, losses: np.ndarray, train_context: int
 ) -> float:

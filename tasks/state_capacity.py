@@ -37,17 +37,20 @@ from tasks.detect import (
     K_TOKENS,
     PAPER_FORGET,
     PAPER_RECALL,
+    Collapse,
     CollapseCriterion,
     FitError,
     collapse_length,
     fit_forget,
     fit_recall,
+    paper_forget,
     paper_millions,
+    paper_recall,
     recall_length,
 )
 from tasks.passkey import DEFAULT_LENGTHS as PASSKEY_LENGTHS
 from tasks.passkey import DEFAULT_SAMPLES, Passkey
-from tasks.perplexity import loss_buckets
+from tasks.perplexity import Bucket, loss_buckets
 from tasks.settings import require_positive
 from tasks.sources import SOURCE_SETTINGS, documents, source_from
 
@@ -146,23 +149,23 @@ class StateCapacity(Task):
         return params["loss_length"] + sum(passkey.cost(u) for u in passkey.units())
 
     def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
-        collapse = self._collapse(model, params, progress)
+        collapse, curve = self._collapse(model, params, progress)
         lengths, accuracy = self._recall(model, params, progress)
         n_s = paper_millions(model.info.state_size) if model.info.state_size else None
         return [
             {
                 "kind": MODEL_ROW,
                 "n_s": n_s,
-                "collapse_length": collapse["length"],
-                "collapse_searched_to": collapse["searched_to"],
-                "in_context_loss": collapse["level"],
+                "collapse_length": collapse.length,
+                "collapse_searched_to": collapse.searched_to,
+                "in_context_loss": collapse.level,
                 "recall_length": recall_length(lengths, accuracy, params["recall_threshold"]),
                 "recall_lengths": lengths,
                 "recall_accuracy": accuracy,
-                "loss_starts": collapse["starts"],
-                "loss_means": collapse["means"],
-                "paper_forget_k": forget_curve(n_s) if n_s is not None else None,
-                "paper_recall_k": recall_curve(n_s) if n_s is not None else None,
+                "loss_starts": [b.start for b in curve],
+                "loss_means": [b.mean_loss for b in curve],
+                "paper_forget_k": paper_forget(n_s) if n_s is not None else None,
+                "paper_recall_k": paper_recall(n_s) if n_s is not None else None,
                 "source": params["source"],
                 "bucket_size": params["bucket"],
                 "margin": params["margin"],
@@ -174,8 +177,8 @@ class StateCapacity(Task):
 
     def _collapse(
         self, model: LanguageModel, params: dict[str, Any], progress: Progress
-    ) -> dict[str, Any]:
-        """The loss curve over loss_length tokens and where it collapses."""
+    ) -> tuple[Collapse, list[Bucket]]:
+        """Where the loss curve over loss_length tokens collapses, and the curve."""
         train_context = model.info.train_context
         if params["loss_length"] <= train_context:
             raise ValueError(
@@ -187,18 +190,11 @@ class StateCapacity(Task):
         [doc] = documents(
             source, model.encode, params["loss_length"], 1, params["short_docs"], model.eos_token_id
         )
-        found = loss_buckets(model, doc.ids, params["bucket"], params["chunk"], progress, "prompt")
+        curve = loss_buckets(model, doc.ids, params["bucket"], params["chunk"], progress, "prompt")
         criterion = CollapseCriterion(params["margin"], params["window"], params["smoothing"])
-        starts, ends = [b.start for b in found], [b.end for b in found]
-        means = [b.mean_loss for b in found]
-        collapse = collapse_length(starts, ends, means, train_context, criterion)
-        return {
-            "length": collapse.length,
-            "searched_to": collapse.searched_to,
-            "level": collapse.level,
-            "starts": starts,
-            "means": means,
-        }
+        starts, ends = [b.start for b in curve], [b.end for b in curve]
+        means = [b.mean_loss for b in curve]
+        return collapse_length(starts, ends, means, train_context, criterion), curve
 
     def _recall(
         self, model: LanguageModel, params: dict[str, Any], progress: Progress
@@ -227,16 +223,6 @@ class StateCapacity(Task):
     def combine(cls, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
         """The fit rows of a state_capacity table (results.read_table), per mitigation."""
         return capacity_fits(table.to_pylist())
-
-
-def forget_curve(n_s: float) -> float:
-    """The paper's T_forget(N_S) in K tokens."""
-    return PAPER_FORGET["a"] * n_s + PAPER_FORGET["b"]
-
-
-def recall_curve(n_s: float) -> float:
-    """The paper's T_recall(N_S) in K tokens."""
-    return PAPER_RECALL["b"] * (PAPER_RECALL["a"] ** n_s - 1) + PAPER_RECALL["c"]
 
 
 def capacity_fits(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
