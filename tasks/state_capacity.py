@@ -61,8 +61,8 @@ FIT_ROWS = {"forget": "fit-forget", "recall": "fit-recall"}
 class StateCapacity(Task):
     name = "state-capacity"
     description = (
-        "collapse length (loss by position) and recall length (passkey) per model; "
-        "T_forget and T_recall fits across models"
+        "collapse length (loss by position over loss_length tokens) and recall length "
+        "(passkey at --lengths) per model; T_forget and T_recall fits across models"
     )
     table = "state_capacity"
     schema = pa.schema(
