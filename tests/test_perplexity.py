@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from harness import registry
+from harness.cli import main
 from harness.mitigations.base import NoMitigation
 from harness.models.base import LanguageModel, ModelInfo
 from harness.models.loading import resolve as resolve_model
@@ -127,3 +129,18 @@ def test_runner_writes_one_row_per_document_bucket(neox_dir: Path, tmp_path: Pat
         ("0,1", 0, "concat", "train")
     }
     assert {r["status"] for r in rows} == {"ok"} and {r["model"] for r in rows} == {"neox-tiny"}
+
+
+def test_cli_options_reach_the_task(
+    neox_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = {**registry.tasks(), Perplexity.name: Perplexity}
+    monkeypatch.setattr(registry, "tasks", lambda: known)
+    out = tmp_path / "results"
+    argv = ["run", "--models", str(neox_dir), "--tasks", "perplexity", "--lengths", "600"]
+    options = ["--option", "perplexity.bucket=200", "--option", "perplexity.source=haystack"]
+    assert main([*argv, *options, "--out", str(out)]) == 0
+    rows = read_table(out, "perplexity").to_pylist()
+    assert [(r["start"], r["count"]) for r in rows] == [(0, 199), (200, 200), (400, 200)]
+    assert {r["source"] for r in rows} == {"haystack"}
+    assert main([*argv, "--option", "perplexity.short_docs=pad", "--out", str(out)]) == 2
