@@ -74,11 +74,11 @@ class Mamba2Trainable(Trainable):
         self.tokenizer = tokenizer
 
     def initial_state(self, batch: int) -> Any:
-        return None
+        return self.module.init_state(batch)
 
     def forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        logits, state = self.module(ids, state)
-        return logits.float(), state
+        logits, state = self.module(ids, state, backend="torch")  # differentiable on any device
+        return logits, state
 
     @property
     def state_size(self) -> int | None:

@@ -1,0 +1,225 @@
+"""harness train: schedule, data, TBPTT, resume, checkpoints through the loaders, wrong input."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.models.loading import load, resolve
+from harness.models.tokenizer import byte_tokenizer
+from harness.train import checkpoint
+from harness.train.cli import add_arguments, command
+from harness.train.data import DataError, PasskeySamples, parse_mixture
+from harness.train.loop import TrainConfig, Trainer
+from harness.train.models import Mamba2Trainable, Shape, Trainable, build, detach_state
+from harness.train.schedule import WSD
+
+TEXT = "It is a truth universally acknowledged, that a single byte in want of a model.\n" * 40
+SHAPE = Shape(d_model=32, n_layer=2, d_state=16, headdim=16, n_head=4, d_ff=64)
+
+
+def encode(text: str) -> list[int]:
+    return list(text.encode())
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def config(out: Path, **changes: object) -> TrainConfig:
+    base = TrainConfig(
+        out=out,
+        steps=6,
+        batch_size=2,
+        segment_length=32,
+        segments=2,
+        lr=3e-3,
+        min_lr=0.0,
+        warmup=2,
+        decay=0.5,
+        weight_decay=0.1,
+        clip=1.0,
+        seed=0,
+        save_every=3,
+    )
+    return replace(base, **changes)
+
+
+def trainer(family: str, corpus: Path, out: Path, **changes: object) -> Trainer:
+    tokenizer = byte_tokenizer()
+    model = build(family, SHAPE, tokenizer, seed=0)
+    data = parse_mixture([f"text:{corpus}"], encode, tokenizer.eos_token_id)
+    return Trainer(model, data, config(out, **changes), meta={})
+
+
+def test_wsd_schedule_warms_up_holds_and_decays() -> None:
+    wsd = WSD(lr=1.0, steps=10, warmup=2, decay=0.2, min_lr=0.0)
+    assert [wsd(s) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.0]
+    with pytest.raises(ValueError, match="decay fraction"):
+        WSD(lr=1.0, steps=10, warmup=0, decay=1.5)
+
+
+def test_batches_are_a_function_of_seed_and_step(corpus: Path) -> None:
+    data = parse_mixture([f"text:{corpus}@1", "passkey@1"], encode, 256)
+    first, again = data.batch(0, 5, 4, 400), data.batch(0, 5, 4, 400)
+    assert torch.equal(first.ids, again.ids) and torch.equal(first.mask, again.mask)
+    assert first.ids.shape == (4, 401) and first.mask.shape == (4, 400)
+    assert not torch.equal(first.ids, data.batch(0, 6, 4, 400).ids)
+
+
+def test_passkey_samples_score_the_answer_only() -> None:
+    sample = PasskeySamples(encode, pad_id=256).sample(random.Random(1), 400)
+    assert len(sample.ids) == 401 and len(sample.mask) == 400
+    answer = bytes(i for i, m in zip(sample.ids[1:], sample.mask, strict=True) if m).decode()
+    assert answer.strip().isdigit() and len(answer) == 6
+    prompt = bytes(i for i in sample.ids if i != 256).decode()
+    assert f"The passkey is {answer.strip()}. Remember it." in prompt
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["text:/no/such/file.txt"], "does not exist"),
+        (["passkey@lots"], "bad ratio"),
+        (["passkey@-1"], "bad ratio"),
+        (["passkey@0"], "sum to zero"),
+        (["books:x"], "bad data spec"),
+        ([], "no training data"),
+    ],
+)
+def test_wrong_data_specs_are_named(specs: list[str], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        parse_mixture(specs, encode, 256)
+
+
+@pytest.mark.parametrize("family", ["mamba2", "gpt-neox"])
+def test_a_few_steps_lower_the_loss(family: str, corpus: Path, tmp_path: Path) -> None:
+    run = trainer(family, corpus, tmp_path / "run", steps=12, warmup=1, decay=0.0)
+    losses = [run.train_step(step).loss for step in range(12)]
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.5
+
+
+def test_resume_after_interruption_is_bit_identical(corpus: Path, tmp_path: Path) -> None:
+    straight = trainer("mamba2", corpus, tmp_path / "straight")
+    straight.run(resume=False)
+
+    interrupted = trainer("mamba2", corpus, tmp_path / "resumed")
+    steps = interrupted.train_step
+
+    def crash_at_step_4(step: int):
+        if step == 4:
+            raise KeyboardInterrupt
+        return steps(step)
+
+    interrupted.train_step = crash_at_step_4  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(resume=False)
+    resumed = trainer("mamba2", corpus, tmp_path / "resumed")
+    resumed.run(resume=True)
+
+    for (name, a), b in zip(
+        straight.model.module.state_dict().items(),
+        resumed.model.module.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_changed_settings(corpus: Path, tmp_path: Path) -> None:
+    trainer("gpt-neox", corpus, tmp_path / "run", steps=3).run(resume=False)
+    changed = trainer("gpt-neox", corpus, tmp_path / "run", steps=3, lr=1e-2)
+    with pytest.raises(checkpoint.ResumeError, match="lr"):
+        changed.run(resume=True)
+
+
+def untied_mamba2() -> Trainable:
+    from harness.models.mamba2 import Mamba2, Mamba2Config
+
+    torch.manual_seed(0)
+    config = Mamba2Config(
+        d_model=32, n_layer=2, vocab_size=257, d_state=16, headdim=16, tie_embeddings=False
+    )
+    module = Mamba2(config)
+    return Mamba2Trainable(module, byte_tokenizer())
+
+
+def test_tbptt_state_equals_one_pass_and_no_gradient_crosses() -> None:
+    model = untied_mamba2()
+    first = torch.full((1, 24), 5)  # token 5 appears in the first segment only
+    second = torch.randint(10, 250, (1, 24), generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        _, joined = model.forward(torch.cat([first, second], 1), model.initial_state(1))
+        _, state = model.forward(first, model.initial_state(1))
+        _, chained = model.forward(second, detach_state(state))
+    for a, b in zip(joined.ssm + joined.conv, chained.ssm + chained.conv, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    def second_segment_grad(detach: bool) -> torch.Tensor:
+        model.module.zero_grad(set_to_none=True)
+        _, state = model.forward(first, model.initial_state(1))
+        logits, _ = model.forward(second, detach_state(state) if detach else state)
+        logits[0, :, 7].sum().backward()
+        return model.module.embedding.weight.grad[5]
+
+    assert torch.count_nonzero(second_segment_grad(detach=False)) > 0  # the control
+    assert torch.count_nonzero(second_segment_grad(detach=True)) == 0
+
+
+@pytest.mark.parametrize("family", ["mamba2", "gpt-neox"])
+def test_checkpoints_load_through_the_harness_loaders(
+    family: str, corpus: Path, tmp_path: Path
+) -> None:
+    run = trainer(family, corpus, tmp_path / family, steps=2)
+    run.run(resume=False)
+    model = load(resolve(str(tmp_path / family)), "cpu", torch.float32, "torch")
+    assert model.info.train_context == (64 if family == "mamba2" else 32)
+
+    ids = torch.tensor([encode("a single byte in want")])
+    run.model.module.eval()
+    with torch.no_grad():
+        expected, _ = run.model.forward(ids, run.model.initial_state(1))
+    logits, _ = model.forward(ids, model.init_state(1))
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
+def train_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return command(parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "gpt-neox", "--data", "text:/no/such.txt"], "does not exist"),
+        (["--model", "gpt-neox", "--data", "passkey@x"], "bad ratio"),
+        (["--model", "mamba3", "--data", "passkey"], "unknown model"),
+        (["--model", "gpt-neox", "--data", "passkey", "--steps", "0"], "--steps"),
+    ],
+)
+def test_wrong_input_exits_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train_cli(*argv, "--out", str(tmp_path / "run")) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_trains_and_refuses_to_overwrite(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "run")
+    argv = ["--model", "gpt-neox", "--data", f"text:{corpus}", "--out", out, "--steps", "2"]
+    argv += ["--d-model", "32", "--n-layer", "1", "--segment-length", "32", "--warmup", "1"]
+    assert train_cli(*argv, "--batch-size", "2") == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert train_cli(*argv, "--batch-size", "2") == 2
+    assert "--resume" in capsys.readouterr().err
