@@ -109,9 +109,9 @@ def test_loglikelihood_rolling_is_the_sum_of_token_losses() -> None:
 
 def test_loss_buckets_add_up_to_the_rolling_loglikelihood(tmp_path: Path) -> None:
     corpus = tmp_path / "book.txt"
-    corpus.write_text("It was the best of times, it was the worst of times. " * 40)
+    corpus.write_text("ab " * 200)  # byte tokens: the splits at 99 and 198 follow a space
     model = HarnessLM(model="tiny-pythia", device="cpu")
-    metadata = {"max_seq_lengths": [300], "samples": 1, "bucket": 100, "data_files": str(corpus)}
+    metadata = {"max_seq_lengths": [297], "bucket": 99, "source": str(corpus)}
     results = evaluate(model, {"model": "tiny-pythia"}, TASKS[1:], metadata)
     (whole,) = results["samples"]["harness_perplexity"]
     (buckets,) = results["samples"]["harness_loss_by_position"]
@@ -119,8 +119,8 @@ def test_loss_buckets_add_up_to_the_rolling_loglikelihood(tmp_path: Path) -> Non
     total = sum(ll for [(ll, _)] in buckets["resps"])
     assert total == pytest.approx(whole["resps"][0][0], 1e-4)
     metrics = results["results"]["harness_loss_by_position"]
-    assert {"loss@[0-100),none", "loss@[200-300),none"} <= set(metrics)
-    assert "bits_per_byte@300,none" in results["results"]["harness_perplexity"]
+    assert {"loss@[0-99),none", "loss@[198-297),none"} <= set(metrics)
+    assert "bits_per_byte@297,none" in results["results"]["harness_perplexity"]
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """`harness_loss_by_position`: mean loss per token in position buckets (loglikelihood requests).
 
 The closest lm-eval gets to the harness's loss-by-position curve. Each document (settings
-and corpus: `harness.lm_eval.corpus`) is split at multiples of `bucket` tokens (`--metadata`
-`bucket`, default: the longest length / 8); bucket [s, e) becomes one `loglikelihood`
+and source: `harness.lm_eval.corpus`, the documents of `harness run --tasks perplexity`) is
+split at multiples of `bucket` tokens (`--metadata` `bucket`; default: the longest length / 8,
+where `harness run` uses 128, for the cost below); bucket [s, e) becomes one `loglikelihood`
 request, context = the document's first s tokens, continuation = tokens s to e. Metrics:
 - `loss@[s-e)`: mean loss per token (nats) at positions s to e - 1, over the documents
   that have them: documents of every length share the buckets that end at a multiple of
@@ -14,9 +15,10 @@ What it cannot express: a per-position curve finer than the buckets, and anythin
 needs the documents' per-token losses (lm-eval sees one sum per request). Each request
 processes its whole context again, so a document of n tokens costs about n^2 / (2 * bucket)
 tokens instead of n; `harness run --tasks perplexity` streams each document once. Text is
-split at the documents' token boundaries and the backend encodes context and continuation
-itself, so a bucket may gain or lose a token at its edges; losses are divided by the bucket's
-token count in the tokenizer the lengths are counted in.
+split at the documents' token boundaries, moved before any whitespace there (lm-eval would
+move it into the continuation and score it twice); the backend encodes context and
+continuation itself, and each loss is divided by the bucket's token count in the tokenizer
+the lengths are counted in.
 
 With lm-eval's `hf` backend, give `max_length` above the longest length (a smaller one is
 refused, a missing one warned about): `hf` cuts a longer input from the left without a word.
@@ -26,18 +28,19 @@ counts only the documents that reach it, as intended.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
 
 import datasets
 from lm_eval.api.instance import Instance
 from lm_eval.api.metrics import mean
+from transformers import PreTrainedTokenizerBase
 
 from harness.lm_eval import metadata as meta
 from harness.lm_eval.corpus import CorpusSettings, Cut, corpus_cuts
 from harness.lm_eval.task_base import MetadataTask, Metric
-from harness.lm_eval.tokenizer import tokenizer_from_metadata
+from harness.lm_eval.tokenizer import encoder, tokenizer_from_metadata
 
 BUCKETS_PER_LONGEST = 8
 
@@ -57,30 +60,48 @@ def bucket_name(start: int, end: int) -> str:
 
 
 def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
-    """lm-eval's `custom_dataset`: one document per cut, with its bucket edges in characters."""
-    decode = tokenizer_from_metadata(metadata).decode
+    """lm-eval's `custom_dataset`: one document per cut, with its bucket edges."""
+    tokenizer = tokenizer_from_metadata(metadata)
     bucket = bucket_size(metadata)
-    docs = [_document(cut, bucket, decode) for cut in corpus_cuts(metadata)]
+    docs = [_document(cut, bucket, tokenizer) for cut in corpus_cuts(metadata)]
     return {"test": datasets.Dataset.from_list(docs)}
 
 
-def _document(cut: Cut, bucket: int, decode: Callable[[list[int]], str]) -> dict[str, Any]:
+def _document(cut: Cut, bucket: int, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The bucket edges as token positions (`token_edges`, which name the metrics), as
+    characters of the text (`char_edges`, where requests split it) and as the token counts
+    of the text up to each split (`scored_edges`, what the losses are divided by)."""
+    encode = encoder(tokenizer)
     tokens = edges(cut.length, bucket)
+    chars = [0]
+    for t in tokens[1:-1]:
+        chars.append(_before_spaces(cut.text, len(tokenizer.decode(cut.ids[:t])), chars[-1]))
+    chars.append(len(cut.text))
     return {
         "text": cut.text,
         "length": cut.length,
-        "source": cut.source,
+        "parts": cut.parts,
         "token_edges": tokens,
-        "char_edges": [len(decode(cut.ids[:t])) for t in tokens],
+        "char_edges": chars,
+        "scored_edges": [len(encode(cut.text[:c])) for c in chars],
     }
 
 
+def _before_spaces(text: str, split: int, previous: int) -> int:
+    """`split` moved before the whitespace that ends `text[:split]` (lm-eval moves a context's
+    trailing whitespace into the continuation, which would score it twice), but after
+    `previous`."""
+    while split > previous + 1 and text[split - 1].isspace():
+        split -= 1
+    return split
+
+
 def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
-    tokens = doc["token_edges"]
+    named, scored = pairwise(doc["token_edges"]), pairwise(doc["scored_edges"])
     metrics: dict[str, float] = {}
-    for (loglikelihood, _), (start, end) in zip(results, pairwise(tokens), strict=True):
-        metrics[bucket_name(start, end)] = -loglikelihood / (end - start)
-    metrics["loss"] = -sum(ll for ll, _ in results) / doc["length"]
+    for (loglikelihood, _), (start, end), (first, last) in zip(results, named, scored, strict=True):
+        metrics[bucket_name(start, end)] = -loglikelihood / (last - first)
+    metrics["loss"] = -sum(ll for ll, _ in results) / doc["scored_edges"][-1]
     return metrics
 
 

@@ -2,7 +2,8 @@
 
 What lm-eval can express of the harness's loss by position: a `loglikelihood_rolling`
 request returns one number per document (the log-likelihood of all its tokens), so this task
-reports, for documents of each length (settings and corpus: `harness.lm_eval.corpus`):
+reports, for documents of each length (settings and source: `harness.lm_eval.corpus`, the
+documents of `harness run --tasks perplexity`):
 - `word_perplexity@<n>`, `byte_perplexity@<n>`, `bits_per_byte@<n>`: lm-eval's weighted
   perplexities over the documents of length n, and the same names without `@<n>` over all;
 - `loss@<n>`: mean loss per token (nats) of a document of length n, in the tokens its
@@ -44,7 +45,7 @@ PERPLEXITIES = {
 def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
     """lm-eval's `custom_dataset`: the test split, one document per cut."""
     docs = [
-        {"text": cut.text, "length": cut.length, "tokens": len(cut.ids), "source": cut.source}
+        {"text": cut.text, "length": cut.length, "tokens": len(cut.ids), "parts": cut.parts}
         for cut in corpus_cuts(metadata)
     ]
     return {"test": datasets.Dataset.from_list(docs)}
