@@ -84,6 +84,13 @@ def test_passkey_samples_score_the_answer_only() -> None:
     assert f"The passkey is {answer.strip()}. Remember it." in prompt
 
 
+def test_passkey_keys_loss_adds_the_needles_repeated_key() -> None:
+    sample = PasskeySamples(encode, pad_id=256, loss="keys").sample(random.Random(2), 400)
+    scored = bytes(i for i, m in zip(sample.ids[1:], sample.mask, strict=True) if m).decode()
+    key = scored[-5:]
+    assert scored == f"{key} {key}"
+
+
 @pytest.mark.parametrize(
     ("specs", "message"),
     [

@@ -43,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument(
         "--passkey-loss",
-        choices=["answer", "all"],
+        choices=["answer", "keys", "all"],
         default="answer",
-        help="passkey samples: loss on the answer tokens only (default) or on every token",
+        help="passkey samples: loss on the answer tokens only (default), also on the needle's "
+        "repeated key (keys: a short copy that makes retrieval learnable sooner), or on all",
     )
     what.add_argument("--out", type=Path, required=True, help="run directory (the checkpoint)")
     what.add_argument("--resume", action="store_true", help="continue the run saved in --out")

@@ -25,7 +25,7 @@ import torch
 from tasks.passkey import HAYSTACK, NEEDLE, PREFIX, SUFFIX, build_prompt
 
 Encode = Callable[[str], list[int]]
-PasskeyLoss = Literal["answer", "all"]
+PasskeyLoss = Literal["answer", "keys", "all"]
 HF_MAX_TOKENS = 50_000_000  # a dataset is read until this many tokens, the rest is unused
 
 
@@ -66,7 +66,13 @@ class TokenStream:
 class PasskeySamples:
     """A passkey prompt followed by its answer: a random key at a random depth, the prompt
     length uniform between the shortest the template allows and the sample length (short
-    distances make retrieval learnable early), left-padded with `pad_id` out of the loss."""
+    distances make retrieval learnable early), left-padded with `pad_id` out of the loss.
+
+    Loss: "answer" on the answer tokens; "keys" also on the needle's second mention of the
+    key, a copy from a few tokens back that teaches copying before the long-range answer
+    (its token span is exact for byte-level tokenizers, approximate for BPE); "all" on
+    every token after the padding.
+    """
 
     encode: Encode
     pad_id: int
@@ -84,15 +90,24 @@ class PasskeySamples:
                 f"passkey samples need at least {shortest + len(answer) - 1} tokens; "
                 f"the sample length is {length}"
             )
-        target = rng.randint(shortest, longest)
-        prompt = self.encode(build_prompt(self.encode, target, depth, key))
+        text = build_prompt(self.encode, rng.randint(shortest, longest), depth, key)
+        prompt = self.encode(text)
         pad = length + 1 - len(prompt) - len(answer)
         ids = [self.pad_id] * pad + prompt + answer
         if self.loss == "all":
-            mask = [i >= pad for i in range(length)]
-        else:
-            mask = [i >= length - len(answer) for i in range(length)]
+            return Sample(ids, [i >= pad for i in range(length)])
+        mask = [i >= length - len(answer) for i in range(length)]
+        if self.loss == "keys":
+            first, end = self._echo(text, key)
+            for i in range(pad + first - 1, pad + end - 1):
+                mask[i] = True
         return Sample(ids, mask)
+
+    def _echo(self, prompt: str, key: str) -> tuple[int, int]:
+        """Token span [first, end) of the key's second mention in the needle."""
+        needle = NEEDLE.format(key=key)
+        start = prompt.index(needle) + needle.rindex(key)
+        return len(self.encode(prompt[:start])), len(self.encode(prompt[: start + len(key)]))
 
 
 @dataclass(frozen=True)
