@@ -103,7 +103,12 @@ def check_composable(parts: Sequence[Mitigation]) -> None:
 
 
 def merge_hooks(all_hooks: Sequence[Hooks | None]) -> Hooks | None:
-    """Hooks doing what each of `all_hooks` does, in order; None when none does anything."""
+    """Hooks doing what each of `all_hooks` does, in order; None when none does anything.
+
+    Also how a task adds an observer to a mitigation's hooks. With different intervals the
+    engine stops at their gcd and each callback runs at multiples of its own interval; an
+    observer then sees the dt of the last gcd-long stretch only (StateSnapshot.dt).
+    """
     present = [h for h in all_hooks if h is not None]
     if not present:
         return None

@@ -46,6 +46,10 @@ from harness.models.mamba2.hooks import Hooks, ScanInputs
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
 
+# A log-decay below this counts as zero retention (exp(-60) ~ 1e-26, lost in float32 rounding;
+# the subnormal numbers it would make slow CPU arithmetic down), as in the engine's scan.
+NEGLIGIBLE = -60.0
+
 # The engine's scan: inputs and the carried h (b, h, p, n) or None -> (y (b, l, h, p), h).
 ScanFn = Callable[[ScanInputs, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 
@@ -118,7 +122,8 @@ class WindowScan:
         if state.log_decay is not None:
             log_decay = log_decay + state.log_decay[:, None]
         dt = inputs.dt.clamp_min(torch.finfo(inputs.dt.dtype).tiny)  # (b, l, h)
-        scale = torch.exp(log_decay).to(dt.dtype) / dt  # exp(D_t) / dt_t
+        retention = torch.exp(log_decay.masked_fill(log_decay < NEGLIGIBLE, -torch.inf))
+        scale = retention.to(dt.dtype) / dt  # exp(D_t) / dt_t
         x_old = delayed.dtx * scale[..., None]  # (b, l, h, p)
         y_old, old = self.scan(inputs.with_(x=x_old, B=delayed.B), state.old)
         kept = tuple(p for p in pieces if p.end > first + length)
