@@ -179,6 +179,13 @@ def test_loglikelihood_streams_a_long_continuation_and_flags_greedy() -> None:
     )
 
 
+def test_a_missing_hf_max_length_is_warned_about(
+    neox_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    documents(pretrained=str(neox_dir), max_seq_lengths=[300], samples=1)
+    assert "pass max_length=" in caplog.text
+
+
 def test_wrong_settings_are_refused_with_the_fix() -> None:
     with pytest.raises(ModelArgsError, match="does not apply to tiny-pythia"):
         HarnessLM(model="tiny-pythia", mitigation="rri")

@@ -4,7 +4,8 @@ The documents are built by `tasks.passkey` itself (`samples_at` for the seeded k
 depths, `build_prompt` for a prompt of the target length), with the lengths counted in the
 evaluated model's tokenizer (see `harness.lm_eval.tokenizer`), so for one seed and tokenizer
 lm-eval and `harness run` ask the same questions. Scoring is the same too: greedy decoding
-with a budget of the key's token count + 3 tokens, correct iff the key appears in the output.
+with a budget of the key's token count + 3 tokens (set per request, over any `--gen_kwargs
+max_gen_toks`), correct iff the key appears in the output.
 
 Settings, from `--metadata` (JSON):
 - `max_seq_lengths`: prompt lengths in tokens (default [1024, 2048, 4096]); "1k,4k" works too;
