@@ -42,8 +42,7 @@ class CorpusSettings:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> CorpusSettings:
         source = {
-            key: meta.text(metadata, key, default) or default
-            for key, default in SOURCE_SETTINGS.items()
+            key: meta.text(metadata, key, default) for key, default in SOURCE_SETTINGS.items()
         }
         return cls(
             lengths=meta.lengths(metadata, DEFAULT_LENGTHS),

@@ -54,9 +54,9 @@ def integer(metadata: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
-def text(metadata: Mapping[str, Any], key: str, default: str | None) -> str | None:
+def text(metadata: Mapping[str, Any], key: str, default: str) -> str:
     value = metadata.get(key, default)
-    if value is not None and not isinstance(value, str):
+    if not isinstance(value, str):
         raise MetadataError(f"--metadata {key}={value!r}: give a string")
     return value
 
