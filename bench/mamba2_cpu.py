@@ -8,7 +8,8 @@
 Every measurement runs in a fresh subprocess, so its peak RSS (getrusage ru_maxrss, which sees
 torch's allocations, unlike tracemalloc) belongs to that measurement alone. Both engines compute
 the float32 logits of every token in one forward pass, after a short warm-up. "fwd peak" is the
-peak RSS minus the RSS with the model loaded: what the forward pass itself added. Weights are
+peak RSS minus the RSS with the model loaded: what the forward pass itself added; "- logits"
+takes away the logits, the output both must hold (l x vocab x 4 bytes). Weights are
 random (seed 0), saved once in transformers' format and loaded by both engines.
 
 On a machine whose cores other processes also use, torch's default of one OpenMP thread per
@@ -82,9 +83,14 @@ def forward_worker(engine: str, weights: Path, length: int) -> dict[str, float]:
         start = time.perf_counter()
         logits = run(ids)
         seconds = time.perf_counter() - start
+    peak = peak_rss_mb()  # before checking the logits, which takes memory of its own
     assert logits.shape == (1, length, vocab) and torch.isfinite(logits).all()
-    peak = peak_rss_mb()
-    return {"tokens_per_s": length / seconds, "peak_mb": peak, "forward_peak_mb": peak - loaded}
+    return {
+        "tokens_per_s": length / seconds,
+        "peak_mb": peak,
+        "forward_peak_mb": peak - loaded,
+        "logits_mb": logits.numel() * 4 / 2**20,
+    }
 
 
 def losses_worker(weights: Path, length: int, chunk: int) -> dict[str, float]:
@@ -102,8 +108,8 @@ def losses_worker(weights: Path, length: int, chunk: int) -> dict[str, float]:
     start = time.perf_counter()
     losses = lm.token_losses(ids, chunk=chunk)
     seconds = time.perf_counter() - start
-    assert losses.shape == (length - 1,) and torch.isfinite(losses).all()
     peak = peak_rss_mb()
+    assert losses.shape == (length - 1,) and torch.isfinite(losses).all()
     return {"tokens_per_s": length / seconds, "peak_mb": peak, "forward_peak_mb": peak - loaded}
 
 
@@ -121,13 +127,14 @@ def measure(threads: int | None, *args: str) -> dict[str, float]:
 
 
 def row(label: str, result: dict[str, float]) -> str:
+    beyond = result["forward_peak_mb"] - result.get("logits_mb", 0.0)
     return (
-        f"{label:<34} {result['tokens_per_s']:>10.0f} {result['peak_mb']:>10.0f} "
-        f"{result['forward_peak_mb']:>10.0f}"
+        f"{label:<34} {result['tokens_per_s']:>10.1f} {result['peak_mb']:>10.0f} "
+        f"{result['forward_peak_mb']:>10.0f} {beyond:>10.0f}"
     )
 
 
-HEADER = f"{'':<34} {'tokens/s':>10} {'peak MiB':>10} {'fwd peak':>10}"
+HEADER = f"{'':<34} {'tokens/s':>10} {'peak MiB':>10} {'fwd peak':>10} {'- logits':>10}"
 
 
 def compare(
@@ -147,8 +154,13 @@ def compare(
             if len(results) == 2:
                 ours, theirs = results["ours"], results["transformers"]
                 speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
-                memory = ours["forward_peak_mb"] / max(theirs["forward_peak_mb"], 1.0)
-                print(f"{'':<34} {'speed x':>10} {speed:>10.2f} fwd peak ratio {memory:.2f}")
+                ratios = [
+                    ours[key] / max(theirs[key], 1.0) for key in ("peak_mb", "forward_peak_mb")
+                ]
+                print(
+                    f"{'ours / transformers':<34} {speed:>10.2f} {ratios[0]:>10.2f} "
+                    f"{ratios[1]:>10.2f}"
+                )
 
 
 def losses(lengths: list[int], chunk: int, threads: int | None, work: Path) -> None:
