@@ -108,7 +108,8 @@ def main() -> None:
     target = BUNDLED / args.name
     target.mkdir(parents=True, exist_ok=True)
     for name in (*MODEL_FILES, "training.json"):
-        shutil.copy2(args.run / name, target / name)
+        shutil.copyfile(args.run / name, target / name)
+        (target / name).chmod(0o644)
     config = json.loads((target / "config.json").read_text())
     summary = json.loads((target / "training.json").read_text())
     evaluation = args.eval.read_text() if args.eval else ""
