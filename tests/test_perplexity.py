@@ -16,7 +16,7 @@ from harness.cli import main
 from harness.mitigations.base import NoMitigation
 from harness.models.base import LanguageModel, ModelInfo
 from harness.models.loading import resolve as resolve_model
-from harness.models.tiny import build_tiny_pythia
+from harness.models.tiny import build_tiny_mamba2, build_tiny_pythia
 from harness.plan import Plan, Unit
 from harness.results import read_table
 from harness.runner import RunConfig, Runner
@@ -31,6 +31,11 @@ def perplexity_task(lengths: tuple[int, ...], **settings: str) -> Perplexity:
 @pytest.fixture(scope="module")
 def pythia() -> LanguageModel:
     return build_tiny_pythia("cpu", torch.float32, "auto")
+
+
+@pytest.fixture(scope="module")
+def mamba2() -> LanguageModel:
+    return build_tiny_mamba2("cpu", torch.float32, "torch")
 
 
 @pytest.mark.parametrize("length", [2, 3, 128, 129, 1000, 1025])
@@ -63,13 +68,16 @@ def test_rows_count_each_target_once_and_flag_beyond_context(pythia: LanguageMod
     assert ", ppl beyond " in task.summary(rows)
 
 
-def test_chunk_size_does_not_change_the_losses(pythia: LanguageModel) -> None:
+@pytest.mark.parametrize("name", ["pythia", "mamba2"])
+def test_chunk_size_does_not_change_the_losses(name: str, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(name)
+
     def means(chunk: int) -> list[float]:
-        task = perplexity_task((400,), bucket="64", chunk=str(chunk), source="haystack")
-        return [r["mean_loss"] for r in task.run(pythia, task.units()[0], lambda n: None)]
+        task = perplexity_task((300,), bucket="64", chunk=str(chunk), source="haystack")
+        return [r["mean_loss"] for r in task.run(model, task.units()[0], lambda n: None)]
 
     whole = means(4096)
-    for chunk in (7, 33, 256):
+    for chunk in (37, 128):
         assert means(chunk) == pytest.approx(whole, abs=1e-5)
 
 
