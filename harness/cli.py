@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import registry
+from harness.leaderboard import cli as leaderboard_cli
 from harness.models.catalog import CATALOG
 from harness.models.loading import pick_device
 from harness.models.tiny import TINY_MODELS
 from harness.plan import (
     UsageError,
     build_plan,
+    check_backend,
     check_out_dir,
     parse_depths,
     parse_lengths,
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "transformer baselines.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    board = sub.add_parser(
+        "leaderboard", help="results/ -> leaderboard (Markdown, CSV, HTML with figures)"
+    )
+    leaderboard_cli.add_arguments(board)
 
     lst = sub.add_parser("list", help="list models, tasks or mitigations")
     lst.add_argument("what", choices=["models", "tasks", "mitigations"])
@@ -130,12 +137,15 @@ def run_command(args: argparse.Namespace) -> int:
     mitigations = [parse_mitigation(s) for s in dict.fromkeys(mitigation_specs.split(","))]
     tasks = parse_tasks(args.tasks, options)
     check_out_dir(args.out)
+    device = pick_device(args.device)
+    if any(m.family == "mamba2" for m in models):
+        check_backend(args.backend, device)
     plan = build_plan(
         models, mitigations, tasks, args.dtype, strict=not (embedded and args.mitigations is None)
     )
     config = RunConfig(
         out=args.out,
-        device=pick_device(args.device),
+        device=device,
         dtype=args.dtype,
         backend=args.backend,
         seed=args.seed,
@@ -175,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             list_command(args.what)
             return 0
+        if args.command == "leaderboard":
+            return leaderboard_cli.command(args)
         return run_command(args)
     except UsageError as err:
         print(f"harness: error: {err}", file=sys.stderr)

@@ -115,6 +115,16 @@ def check_out_dir(out: Path) -> None:
         raise UsageError(f"--out {str(out)!r} is a file; give a directory (created if missing)")
 
 
+def check_backend(backend: str, device: str) -> None:
+    """A scan backend that cannot run on this device (triton without mamba-ssm or CUDA)."""
+    from harness.models.mamba2 import BackendError, resolve_backend
+
+    try:
+        resolve_backend(backend, device)
+    except BackendError as err:
+        raise UsageError(str(err)) from None
+
+
 @dataclass(frozen=True)
 class Unit:
     task: Task

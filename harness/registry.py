@@ -16,6 +16,13 @@ from harness.mitigations import MITIGATIONS
 from harness.mitigations.base import Mitigation
 from tasks.base import Task
 from tasks.passkey import Passkey
+from tasks.perplexity import Perplexity
+from tasks.state_capacity import StateCapacity
+from tasks.state_stats import StateStats
+
+BUILTIN_TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (Passkey, Perplexity, StateStats, StateCapacity)
+}
 
 
 def _with_plugins(builtins: dict[str, type], group: str) -> dict[str, type]:
@@ -26,7 +33,7 @@ def _with_plugins(builtins: dict[str, type], group: str) -> dict[str, type]:
 
 
 def tasks() -> dict[str, type[Task]]:
-    return _with_plugins({Passkey.name: Passkey}, "harness.tasks")
+    return _with_plugins(BUILTIN_TASKS, "harness.tasks")
 
 
 def mitigations() -> dict[str, type[Mitigation]]:

@@ -144,19 +144,19 @@ def _info(
     )
 
 
-def _load_mamba2(source: ModelSource, device: str, dtype: torch.dtype, backend: str):
-    from harness.models.mamba2 import Mamba2LM, load_mamba2
+def _load_mamba2(
+    source: ModelSource, device: str, dtype: torch.dtype, backend: str
+) -> LanguageModel:
+    from harness.models.mamba2 import Mamba2LM, load_mamba2, resolve_backend
     from harness.models.tokenizer import load_tokenizer
 
     module = load_mamba2(str(source.path or source.repo), device=device, dtype=dtype)
     tokenizer = load_tokenizer(
         source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER
     )
-    model = Mamba2LM(module, tokenizer, info=None, backend=backend)  # type: ignore[arg-type]
-    model.info = _info(
-        source, module, dtype, device, model.backend, module.config.state_size, "train_context"
-    )
-    return model
+    backend = resolve_backend(backend, torch.device(device))
+    info = _info(source, module, dtype, device, backend, module.config.state_size, "train_context")
+    return Mamba2LM(module, tokenizer, info, backend=backend)
 
 
 def _load_transformer(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:

@@ -74,7 +74,7 @@ def build_tiny_pythia(device: str, dtype: torch.dtype, backend: str) -> Language
 
 
 def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
-    from harness.models.mamba2 import Mamba2, Mamba2Config, Mamba2LM
+    from harness.models.mamba2 import Mamba2, Mamba2Config, Mamba2LM, resolve_backend
     from harness.models.tokenizer import byte_tokenizer
 
     tokenizer = byte_tokenizer()
@@ -83,11 +83,9 @@ def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> Language
     )
     torch.manual_seed(SEED)
     module = Mamba2(config).to(device=device, dtype=dtype)
-    model = Mamba2LM(module, tokenizer, info=None, backend=backend)  # type: ignore[arg-type]
-    model.info = _info(
-        "tiny-mamba2", "mamba2", module, dtype, device, model.backend, config.state_size
-    )
-    return model
+    backend = resolve_backend(backend, torch.device(device))
+    info = _info("tiny-mamba2", "mamba2", module, dtype, device, backend, config.state_size)
+    return Mamba2LM(module, tokenizer, info, backend=backend)
 
 
 TINY_MODELS: dict[str, TinyModel] = {
