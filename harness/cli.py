@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     leaderboard_cli.add_arguments(board)
 
+    sub.add_parser(
+        "lm-eval", add_help=False, help="lm-eval's CLI with the harness model and tasks registered"
+    )
+    sub.add_parser("lm-eval-path", help="print the folder of the harness lm-eval task YAMLs")
+
     lst = sub.add_parser("list", help="list models, tasks or mitigations")
     lst.add_argument("what", choices=["models", "tasks", "mitigations"])
 
@@ -180,7 +185,20 @@ def print_report(report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "lm-eval":
+        from harness.lm_eval.console import main as lm_eval_main
+
+        lm_eval_main(rest)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "lm-eval-path":
+        from harness.lm_eval import include_path
+
+        print(include_path())
+        return 0
     try:
         if args.command == "list":
             list_command(args.what)
