@@ -32,9 +32,10 @@ from harness.mitigations.base import Mitigation
 from harness.models.base import LanguageModel
 from harness.models.loading import ModelSource, load
 from harness.plan import Plan, Unit
-from tasks.base import NonFiniteError
+from tasks.base import NonFiniteError, Task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+COMBINED = "_combined"  # the `model=` folder of rows computed across models
 VERSIONED = ("torch", "transformers", "datasets", "pyarrow", "mamba-ssm", "triton", "lm-eval")
 
 
@@ -141,6 +142,7 @@ class Runner:
         try:
             for source, units in groupby(todo, key=lambda u: u.model):
                 report.outcomes += self._run_model(source, list(units), bar)
+            self._write_combined()
         finally:
             bar.close()
             if report.outcomes:
@@ -193,6 +195,30 @@ class Runner:
         )
         bar.update(unit.task.cost(unit.params) - advanced)
         return Outcome(unit, status, message, "")
+
+    def _write_combined(self) -> None:
+        """Recompute each task's cross-model rows from everything its table now holds."""
+        for task in self.plan.tasks:
+            if type(task).combine is Task.combine:
+                continue
+            table = results.read_table(self.config.out, task.table)
+            schema = pa.unify_schemas([results.COMMON, task.schema])
+            for mitigation, rows in task.combine(table).items():
+                common = {
+                    "unit_id": COMBINED,
+                    "run_id": self.run_id,
+                    "task": task.name,
+                    "mitigation_name": mitigation.split(":")[0],
+                    "status": "ok",
+                    "message": "",
+                    "harness_version": harness.__version__,
+                    "git_commit": self.commit,
+                    "created_at": datetime.now(UTC),
+                }
+                path = results.part_path(
+                    self.config.out, task.table, COMBINED, mitigation, COMBINED.strip("_")
+                )
+                results.write_part(path, [{**common, **row} for row in rows], schema)
 
     def _schema(self, unit: Unit) -> pa.Schema:
         return pa.unify_schemas([results.COMMON, unit.task.schema])

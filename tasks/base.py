@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from harness.models.base import LanguageModel
 
-Progress = Callable[[int], None]  # advance the run's progress bar by n units of cost
+Progress = Callable[[int], None]  # advance the run's progress bar by n units of cost (tokens)
 
 
 class NonFiniteError(ArithmeticError):
@@ -73,6 +73,11 @@ class Task(ABC):
     @abstractmethod
     def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
         """The rows of one unit: dicts with the keys of `schema`."""
+
+    def combine(self, table: pa.Table) -> dict[str, list[dict[str, Any]]]:
+        """Rows computed across models from the task's whole results table (e.g. fits against
+        state size), per mitigation spec; the runner stores them under model=_combined."""
+        return {}
 
     def summary(self, rows: list[dict[str, Any]]) -> str:
         """One short human line about a finished unit, for the end-of-run table."""

@@ -128,14 +128,13 @@ class Passkey(Task):
         depths = tuple(params["depths"]) if params["depths"] is not None else None
         rows = []
         for sample in samples_at(params["length"], params["samples"], depths, params["seed"]):
-            rows.append(self._one(model, sample))
-            progress(sample.length)
+            rows.append(self._one(model, sample, progress))
         return rows
 
-    def _one(self, model: LanguageModel, sample: Sample) -> dict[str, Any]:
+    def _one(self, model: LanguageModel, sample: Sample, progress: Progress) -> dict[str, Any]:
         ids = model.encode(build_prompt(model.encode, sample.length, sample.depth, sample.key))
         answer = model.encode(" " + sample.key)
-        logits, state = model.prefill(ids)
+        logits, state = model.prefill(ids, progress=progress)
         if not torch.isfinite(logits).all():
             raise NonFiniteError(f"non-finite logits after a {len(ids)}-token prompt")
         key_logprob = model.score(logits, state.clone(), answer)

@@ -27,7 +27,6 @@ from harness.models.base import LanguageModel
 from tasks.base import NonFiniteError, Progress, Task
 from tasks.settings import require_positive
 from tasks.sources import SOURCE_SETTINGS, SYNTHETIC, Document, Source, documents, source_from
-from tasks.streaming import token_losses
 
 DEFAULT_LENGTHS = (16384,)
 LARGEST_EXPONENT = 709.0  # math.exp overflows above this
@@ -67,7 +66,7 @@ def loss_buckets(
     model: LanguageModel, ids: torch.Tensor, bucket: int, chunk: int, progress: Progress, what: str
 ) -> list[Bucket]:
     """Bucket means of the per-token losses of `ids`, streamed in `chunk`-token pieces."""
-    losses = token_losses(model, ids, chunk, progress)
+    losses = model.token_losses(ids, chunk=chunk, progress=progress)
     check_finite(losses, what)
     return buckets(losses, bucket)
 

@@ -38,7 +38,6 @@ from harness.models.mamba2 import Hooks, Mamba2LM, StateSnapshot
 from tasks.base import Progress, Task
 from tasks.settings import require_positive
 from tasks.sources import SOURCE_SETTINGS, documents, source_from
-from tasks.streaming import prefill
 
 DEFAULT_LENGTHS = (16384,)
 
@@ -233,7 +232,7 @@ class StateStats(Task):
         )
         recorder = StateRecorder(params["interval"], params["outlier_sigma"])
         with observing(model, recorder):
-            prefill(model, doc.ids, aligned_chunk(params["chunk"], params["interval"]), progress)
+            model.prefill(doc.ids, aligned_chunk(params["chunk"], params["interval"]), progress)
         records = sorted(recorder.records, key=lambda r: (r["layer"], r["head"], r["position"]))
         add_verdicts(records, model.info.train_context, params["growth"])
         shared = {

@@ -212,3 +212,19 @@ def test_same_prompts_and_keys_across_models(neox_dir: Path, tmp_path: Path) -> 
     for r in rows:
         by_model.setdefault(r["model"], []).append((r["sample"], r["key"], r["depth"], r["tokens"]))
     assert sorted(by_model["neox-tiny"]) == sorted(by_model["tiny-pythia"])
+
+
+def test_cross_model_rows_are_written_beside_the_units(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    code = main(["run", "--models", "tiny-mamba2", "--tasks", "state-capacity", "--lengths", "512",
+                 "--samples", "1", "--option", "state-capacity.loss_length=2048",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    rows = read_table(out, "state_capacity").to_pylist()
+    fits = [r for r in rows if r["model"] == "_combined"]
+    assert {r["kind"] for r in fits} == {"fit-forget", "fit-recall"}
+    assert {r["mitigation"] for r in fits} == {"none"}
+    assert all(
+        r["fit_points"] <= 1 and r["fit_a"] is None and "distinct state sizes" in r["fit_note"]
+        for r in fits
+    )

@@ -11,11 +11,14 @@ call `state.clone()` first to keep it (e.g. to score and generate from one prefi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+Progress = Callable[[int], None]  # told the number of tokens of each chunk as it goes in
 
 
 class State(Protocol):
@@ -68,13 +71,18 @@ class LanguageModel(ABC):
         return t if t.dim() == 2 else t.unsqueeze(0)
 
     @torch.inference_mode()
-    def prefill(self, ids: list[int], chunk: int = 4096) -> tuple[torch.Tensor, State]:
+    def prefill(
+        self, ids: list[int] | torch.Tensor, chunk: int = 4096, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, State]:
         """Feed a prompt in chunks; return the logits after its last token (vocab,), the state."""
-        if not ids:
+        if len(ids) == 0:
             raise ValueError("prefill needs at least one token")
         state = self.init_state(1)
         for start in range(0, len(ids), chunk):
-            logits, state = self.forward(self._tensor(ids[start : start + chunk]), state)
+            piece = ids[start : start + chunk]
+            logits, state = self.forward(self._tensor(piece), state)
+            if progress is not None:
+                progress(len(piece))
         return logits[0, -1].float(), state
 
     @torch.inference_mode()
@@ -102,7 +110,9 @@ class LanguageModel(ABC):
         return float(first + logp.gather(1, targets[:, None]).sum())
 
     @torch.inference_mode()
-    def token_losses(self, ids: torch.Tensor | list[int], chunk: int = 2048) -> torch.Tensor:
+    def token_losses(
+        self, ids: torch.Tensor | list[int], chunk: int = 2048, progress: Progress | None = None
+    ) -> torch.Tensor:
         """Per-token NLL of a long sequence: out[i] = -log p(ids[i+1] | ids[:i+1]), float32 on CPU.
 
         The sequence streams through in chunks with the state carried; the last logits of one
@@ -126,4 +136,6 @@ class LanguageModel(ABC):
                 logits[:n], targets.to(logits.device), reduction="none"
             ).cpu()
             prev = logits[-1]
+            if progress is not None:
+                progress(len(piece))
         return losses
