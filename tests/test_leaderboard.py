@@ -399,3 +399,18 @@ def test_cli_module_imports_nothing_heavy() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_cross_model_fits_get_their_own_section(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    found = {"kind": "model", "collapse_length": 5000, "recall_length": 4096}
+    write_unit(root, "state_capacity", StateCapacity.schema, "mamba2-130m", "none", {}, [found])
+    fit = {"kind": "fit-forget", "fit_points": 3, "fit_models": "a,b,c", "fit_a": 5.0,
+           "fit_b": -4.0, "fit_r2": 0.99, "paper_a": 5.172, "paper_b": -4.469}  # fmt: skip
+    write_unit(root, "state_capacity", StateCapacity.schema, "_combined", "none", {}, [fit])
+    board = build(root, Options())
+    assert list(board.main["model"]) == ["mamba2-130m"]
+    assert board.fits[["kind", "fit_a", "fit_r2"]].values.tolist() == [["fit-forget", 5.0, 0.99]]
+    text = to_markdown(board)
+    assert "## Fits against state size" in text
+    assert "| none | fit-forget | 3 | a,b,c | 5 | -4 |  | 0.99 | 5.172 | -4.469 |" in text

@@ -16,6 +16,7 @@ from harness.leaderboard import figures, tables
 from harness.leaderboard.columns import (
     CELLS,
     FACTS,
+    FIT_COLUMNS,
     MODEL,
     PASSKEY,
     PERPLEXITY,
@@ -35,6 +36,7 @@ class Leaderboard:
     options: Options
     main: pd.DataFrame  # one row per (model, mitigation), numeric
     failures: pd.DataFrame  # one row per unit with status != ok
+    fits: pd.DataFrame  # cross-model rows (state-capacity fits), FIT_COLUMNS
     plots: dict[str, list[Plot]]  # model -> its figures
     warnings: list[str]
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -68,7 +70,9 @@ def build(root: Path, options: Options, draw: bool = True) -> Leaderboard:
     main = tables.main_table(tables.row_keys(everything), columns)
     models = main[MODEL].unique() if draw else []
     plots = {model: model_plots(model, resolved, contexts) for model in models}
-    return Leaderboard(root, options, main, failed, {m: p for m, p in plots.items() if p}, warnings)
+    fits = results.combined.reindex(columns=list(FIT_COLUMNS))
+    drawn = {m: p for m, p in plots.items() if p}
+    return Leaderboard(root, options, main, failed, fits, drawn, warnings)
 
 
 def sections(

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 # harness.results.COMMON and the hive folders
 MODEL = "model"
+COMBINED = "_combined"  # the model folder of rows computed across models (harness.runner)
+# The columns of the cross-model fit rows shown in their own section.
+FIT_COLUMNS = (
+    "mitigation", "kind", "fit_points", "fit_models", "fit_a", "fit_b", "fit_c", "fit_r2",
+    "paper_a", "paper_b", "paper_c", "fit_note",
+)  # fmt: skip
 MITIGATION = "mitigation"
 STATUS = "status"
 OK = "ok"

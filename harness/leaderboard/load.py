@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.leaderboard.columns import MITIGATION, MODEL, REQUIRED
+from harness.leaderboard.columns import COMBINED, MITIGATION, MODEL, REQUIRED
 
 PART_GLOB = "*/model=*/mitigation=*/part-*.parquet"
 
@@ -30,6 +30,7 @@ class NoResultsError(Exception):
 class Results:
     root: Path
     tables: dict[str, pd.DataFrame]  # table name -> every row of its readable parts
+    combined: pd.DataFrame = field(default_factory=pd.DataFrame)  # cross-model rows (fits)
     device_names: dict[str, str] = field(default_factory=dict)  # run id -> device in words
     problems: list[str] = field(default_factory=list)  # what was skipped, and why
 
@@ -55,8 +56,10 @@ def load_results(root: Path) -> Results:
             tables[name] = frame
     if not tables:
         raise NoResultsError(f"no readable result table under {root}: " + "; ".join(problems))
+    combined = [t[t[MODEL] == COMBINED] for t in tables.values()]
+    tables = {name: t[t[MODEL] != COMBINED] for name, t in tables.items()}
     device_names = read_device_names(root / "runs", problems)
-    return Results(root, tables, device_names, problems)
+    return Results(root, tables, pd.concat(combined), device_names, problems)
 
 
 def read_parts(parts: list[Path], problems: list[str]) -> dict[str, list[pa.Table]]:

@@ -17,7 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 from harness.leaderboard.build import Leaderboard
-from harness.leaderboard.columns import PARAMS, STATE_CAPACITY, STATE_SIZE, TRAIN_CONTEXT
+from harness.leaderboard.columns import (
+    FIT_COLUMNS,
+    PARAMS,
+    STATE_CAPACITY,
+    STATE_SIZE,
+    TRAIN_CONTEXT,
+)
 from harness.leaderboard.figures import Plot
 from harness.leaderboard.tables import ACC, EFFECTIVE, N, token_label
 
@@ -30,6 +36,11 @@ TOKEN_COLUMNS = {
 }
 COUNT_COLUMNS = {PARAMS, STATE_SIZE}
 FAILURE_COLUMNS = ["table", "model", "mitigation", "status", "message", "unit_id", "run_id"]
+FITS_NOTE = (
+    "From the state-capacity rows of every model, per mitigation: T_forget = a N_S + b and "
+    "T_recall = b (a^N_S - 1) + c, T in K tokens, N_S in the paper's M state elements; "
+    "paper_* are Stuffed Mamba's coefficients."
+)
 
 SCRIPT = """
 function sortTable(table, column, ascending) {
@@ -190,6 +201,9 @@ def to_markdown(board: Leaderboard) -> str:
             lines += [f"## {model}", ""]
             current = model
         lines += [f"![{model}: {plot.title}]({path})", ""]
+    if len(board.fits):
+        lines += ["## Fits against state size", "", FITS_NOTE, ""]
+        lines += [*markdown_table(list(FIT_COLUMNS), fit_cells(board)), ""]
     if len(board.failures):
         lines += ["## Failed units", "", *markdown_table(FAILURE_COLUMNS, failure_cells(board)), ""]
     return "\n".join(lines) + "\n"
@@ -234,6 +248,28 @@ def failure_cells(board: Leaderboard) -> list[list[str]]:
     return [["" if missing(v) else str(v) for v in row] for row in failed.itertuples(index=False)]
 
 
+def fit_cells(board: Leaderboard) -> list[list[str]]:
+    return [
+        ["" if missing(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        for row in board.fits.itertuples(index=False)
+    ]
+
+
+def html_fits(board: Leaderboard) -> str:
+    if not len(board.fits):
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in FIT_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+        for row in fit_cells(board)
+    )
+    return (
+        f"<h2>Fits against state size</h2><p>{html.escape(FITS_NOTE)}</p>"
+        f'<table class="sortable" id="fits"><thead><tr>{head}</tr></thead><tbody>{body}'
+        "</tbody></table>"
+    )
+
+
 def html_failures(board: Leaderboard) -> str:
     if not len(board.failures):
         return ""
@@ -271,6 +307,7 @@ def to_html(board: Leaderboard) -> str:
 <h2>How to read it</h2>
 <ul>{notes}</ul>
 {html_figures(board)}
+{html_fits(board)}
 {html_failures(board)}
 <script>{SCRIPT}</script>
 </body>

@@ -349,7 +349,11 @@ def provenance(frames: Iterable[pd.DataFrame], device_names: dict[str, str]) -> 
 
 
 def _distinct(values: pd.Series) -> str:
-    return ", ".join(sorted({str(v) for v in values.dropna()}))
+    """The distinct values, integral floats (a column widened by nulls) shown as integers."""
+    shown = {
+        f"{v:.0f}" if isinstance(v, float) and v.is_integer() else str(v) for v in values.dropna()
+    }
+    return ", ".join(sorted(shown))
 
 
 def _device(device: str | None, name: str | None) -> str | None:
