@@ -116,7 +116,11 @@ def command(args: argparse.Namespace) -> int:
             save_every=args.save_every,
             device=pick_device(args.device),
         )
-        meta = {"command": "harness train " + shlex.join(sys.argv[2:]), "data": args.data}
+        meta = {
+            "command": "harness train " + shlex.join(sys.argv[2:]),
+            "data": args.data,
+            "passkey_loss": args.passkey_loss,
+        }
         trainer = Trainer(model, data, config, meta)
         summary = trainer.run(resume=args.resume)
     except (DataError, ModelChoiceError, ResumeError, ValueError) as err:
