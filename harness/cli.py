@@ -27,6 +27,7 @@ from harness.plan import (
     parse_tasks,
 )
 from harness.runner import DTYPES, Report, RunConfig, Runner
+from harness.train import cli as train_cli
 from tasks.base import TaskOptions
 
 # `harness run` with no --models: the built-in tiny models, offline, on the CPU, in a minute.
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "leaderboard", help="results/ -> leaderboard (Markdown, CSV, HTML with figures)"
     )
     leaderboard_cli.add_arguments(board)
+
+    train = sub.add_parser(
+        "train", help="train or continue a Mamba-2 (state passing, TBPTT) or a GPT-NeoX"
+    )
+    train_cli.add_arguments(train)
 
     sub.add_parser(
         "lm-eval", add_help=False, help="lm-eval's CLI with the harness model and tasks registered"
@@ -205,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "leaderboard":
             return leaderboard_cli.command(args)
+        if args.command == "train":
+            return train_cli.command(args)
         return run_command(args)
     except UsageError as err:
         print(f"harness: error: {err}", file=sys.stderr)
