@@ -23,8 +23,14 @@ DATA_NOTE = (
     "`text:<dir>`; mixed with synthetic passkey samples in the passkey task's template "
     "(`tasks/passkey.py`: the InfiniteBench prefix, haystack line, needle and question), "
     "random 5-digit keys at random depths, prompt length uniform between the shortest the "
-    "template allows and the sample length, loss on the answer tokens only."
+    "template allows and the sample length."
 )
+PASSKEY_LOSS = {
+    "answer": "Passkey samples are scored on the answer tokens only.",
+    "keys": "Passkey samples are scored on the answer and on the needle's repeated key "
+    "(`--passkey-loss keys`).",
+    "all": "Passkey samples are scored on every token.",
+}
 
 
 def architecture(config: dict, summary: dict) -> list[str]:
@@ -80,7 +86,7 @@ def card(name: str, headline: str, config: dict, summary: dict, evaluation: str)
         *architecture(config, summary),
         "",
         "## Training data",
-        DATA_NOTE,
+        f"{DATA_NOTE} {PASSKEY_LOSS[summary['passkey_loss']]}",
         "",
         "## Training",
         *training(summary),
