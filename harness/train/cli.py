@@ -6,13 +6,15 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from harness.train.checkpoint import ResumeError, has_state
 from harness.train.data import DataError, Encode, parse_mixture
 from harness.train.loop import TrainConfig, Trainer
 from harness.train.models import FAMILIES, ModelChoiceError, Shape, Trainable, build, load
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 EXAMPLE = (
     "harness train --model mamba2 --data text:books/@0.5 --data passkey@0.5 "
