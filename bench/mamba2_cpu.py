@@ -7,9 +7,11 @@
 
 Every measurement runs in a fresh subprocess, so its peak RSS (getrusage ru_maxrss, which sees
 torch's allocations, unlike tracemalloc) belongs to that measurement alone. Both engines compute
-the float32 logits of every token in one forward pass, after a short warm-up. "fwd peak" is the
-peak RSS minus the RSS with the model loaded: what the forward pass itself added; "- logits"
-takes away the logits, the output both must hold (l x vocab x 4 bytes). Weights are
+float32 logits in one forward pass, after a short warm-up: of every token (mode "all"), or of
+the last one (mode "last", a prefill: transformers' logits_to_keep=1, our last_only), where the
+layers' working memory shows. "fwd peak" is the peak RSS minus the RSS with the model loaded:
+what the forward pass added; "- logits" takes away the logits' size (a peak is not a sum, so
+this is only a hint of what the layers took). Weights are
 random (seed 0), saved once in transformers' format and loaded by both engines.
 
 On a machine whose cores other processes also use, torch's default of one OpenMP thread per
@@ -26,6 +28,7 @@ workers inherit it): compare both ways.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -63,8 +66,9 @@ def save_weights(shape: str, directory: Path) -> None:
     save_pretrained(Mamba2(Mamba2Config(**SHAPES[shape])), directory, format="hf")
 
 
-def forward_worker(engine: str, weights: Path, length: int) -> dict[str, float]:
+def forward_worker(engine: str, weights: Path, length: int, mode: str) -> dict[str, float]:
     """Load one engine, time one forward pass over `length` random tokens."""
+    last_only = mode == "last"
     if engine == "ours":
         from harness.models.mamba2 import load_mamba2
 
@@ -72,7 +76,7 @@ def forward_worker(engine: str, weights: Path, length: int) -> dict[str, float]:
         vocab = model.config.padded_vocab_size
 
         def run(ids: torch.Tensor) -> torch.Tensor:
-            return model(ids, backend="torch")[0]
+            return model(ids, backend="torch", last_only=last_only)[0]
     else:
         from transformers import Mamba2ForCausalLM
 
@@ -80,7 +84,7 @@ def forward_worker(engine: str, weights: Path, length: int) -> dict[str, float]:
         vocab = hf.config.vocab_size
 
         def run(ids: torch.Tensor) -> torch.Tensor:
-            return hf(ids, use_cache=False).logits.float()
+            return hf(ids, use_cache=False, logits_to_keep=int(last_only)).logits.float()
 
     ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -90,7 +94,8 @@ def forward_worker(engine: str, weights: Path, length: int) -> dict[str, float]:
         logits = run(ids)
         seconds = time.perf_counter() - start
     peak = peak_rss_mb()  # before checking the logits, which takes memory of its own
-    assert logits.shape == (1, length, vocab) and torch.isfinite(logits).all()
+    assert logits.shape == (1, 1 if last_only else length, vocab)
+    assert torch.isfinite(logits).all()
     return {
         "tokens_per_s": length / seconds,
         "peak_mb": peak,
@@ -144,19 +149,24 @@ HEADER = f"{'':<34} {'tokens/s':>10} {'peak MiB':>10} {'fwd peak':>10} {'- logit
 
 
 def compare(
-    shapes: list[str], lengths: list[int], engines: list[str], threads: int | None, work: Path
+    shapes: list[str],
+    lengths: list[int],
+    engines: list[str],
+    modes: list[str],
+    threads: int | None,
+    work: Path,
 ) -> None:
     print(f"torch {torch.__version__}, {threads or torch.get_num_threads()} threads")
     print(HEADER)
     for shape in shapes:
         weights = work / shape
         save_weights(shape, weights)
-        for length in lengths:
+        for length, mode in itertools.product(lengths, modes):
             results = {
-                e: measure(threads, "forward", e, str(weights), str(length)) for e in engines
+                e: measure(threads, "forward", e, str(weights), str(length), mode) for e in engines
             }
             for engine, result in results.items():
-                print(row(f"{shape} {length:>6} {engine}", result), flush=True)
+                print(row(f"{shape} {length:>6} {mode:<4} {engine}", result), flush=True)
             if len(results) == 2:
                 ours, theirs = results["ours"], results["transformers"]
                 speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
@@ -185,6 +195,9 @@ def main() -> None:
     parser.add_argument("--models", default="130m,tiny")
     parser.add_argument("--lengths", default="4096,16384")
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--modes", default="all,last", help="logits of all tokens, or of the last (a prefill)"
+    )
     parser.add_argument("--losses", action="store_true", help="token_losses memory, 64K vs 1M")
     parser.add_argument("--chunk", type=int, default=2048, help="token_losses chunk")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -193,7 +206,7 @@ def main() -> None:
     if args.worker:
         kind, *rest = args.worker
         if kind == "forward":
-            result = forward_worker(rest[0], Path(rest[1]), int(rest[2]))
+            result = forward_worker(rest[0], Path(rest[1]), int(rest[2]), rest[3])
         else:
             result = losses_worker(Path(rest[0]), int(rest[1]), int(rest[2]))
         print(json.dumps(result))
@@ -204,7 +217,7 @@ def main() -> None:
         else:
             lengths = [int(n) for n in args.lengths.split(",")]
             models, engines = args.models.split(","), args.engines.split(",")
-            compare(models, lengths, engines, args.threads, Path(work))
+            compare(models, lengths, engines, args.modes.split(","), args.threads, Path(work))
 
 
 if __name__ == "__main__":

@@ -237,3 +237,11 @@ def test_lm_hooks_attribute_reaches_the_model(lm: Mamba2LM) -> None:
     finally:
         lm.hooks = None
     assert positions == [16, 16, 32, 32]
+
+
+@torch.no_grad()
+def test_last_only_gives_the_last_logits(model: Mamba2, ids: torch.Tensor) -> None:
+    full, full_state = model(ids[:, :90])
+    last, state = model(ids[:, :90], last_only=True)
+    assert last.shape == (2, 1, 112) and (last[:, 0] - full[:, -1]).abs().max() < 1e-5
+    assert state.position == full_state.position == 90

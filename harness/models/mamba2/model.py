@@ -271,8 +271,12 @@ class Mamba2(nn.Module):
         state: Mamba2State | None = None,
         hooks: Hooks | None = None,
         backend: str = "auto",
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, Mamba2State]:
-        """ids (b, l) -> logits (b, l, padded vocab) float32, the state after the l tokens."""
+        """ids (b, l) -> logits (b, l, padded vocab) float32, the state after the l tokens.
+
+        last_only: the logits of the last token only, (b, 1, padded vocab), as a prefill needs
+        (the l x vocab logits are most of the memory of a long call)."""
         if state is None:
             state = self.init_state(ids.shape[0])
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
@@ -282,6 +286,8 @@ class Mamba2(nn.Module):
             layer = LayerState(state.conv[i], state.ssm[i], partial[i])
             u, layer = block(u, layer, state.position, hooks, backend)
             layers.append(layer)
+        if last_only:
+            u = u[:, -1:]
         logits = self.lm_head(self.norm_f(u)).float()
         return logits, Mamba2State(
             conv=[layer.conv for layer in layers],
