@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -11,6 +13,15 @@ from harness.models.mamba2.hooks import StateSnapshot
 from harness.models.mamba2.ssd import scan
 
 LENGTH = 300
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: OpenMP threads cost more than they bring (and stall on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_config(**changes: object) -> Mamba2Config:
