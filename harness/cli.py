@@ -11,6 +11,7 @@ from rich.table import Table
 
 from harness import registry
 from harness.leaderboard import cli as leaderboard_cli
+from harness.models.bundled import bundled_models, card_summary
 from harness.models.catalog import CATALOG
 from harness.models.loading import pick_device
 from harness.models.tiny import TINY_MODELS
@@ -30,13 +31,18 @@ from harness.runner import DTYPES, Report, RunConfig, Runner
 from harness.train import cli as train_cli
 from tasks.base import TaskOptions
 
-# `harness run` with no --models: the built-in tiny models, offline, on the CPU, in a minute.
-DEFAULT_MODELS = ",".join(TINY_MODELS)
-DEFAULT_MITIGATIONS = "none,rri"
-DEFAULT_LENGTHS = "512,1k,2k,4k"
+# `harness run` with no --models: the bundled trained tiny models, offline, on the CPU.
+DEFAULT_MODELS = ",".join(bundled_models()) or ",".join(TINY_MODELS)
+DEFAULT_TASKS = "passkey,perplexity"
+DEFAULT_MITIGATIONS = "none,rri,state-norm"
+DEFAULT_LENGTHS = "512,2k,8k"
 DEFAULT_SAMPLES = 4
 
 console = Console(stderr=True)
+SUMMARY_CAPTION = (
+    "passkey: correct/samples; perplexity: within the training context > beyond it. "
+    "Everything else is in the Parquet tables; `harness leaderboard` draws them."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="evaluate models x mitigations x tasks, write Parquet results",
-        description="With no --models: the built-in tiny models (random weights, byte "
-        f"tokenizer), mitigations {DEFAULT_MITIGATIONS} where they apply, lengths "
-        f"{DEFAULT_LENGTHS}, {DEFAULT_SAMPLES} samples: offline, CPU, about a minute.",
+        description="With no --models: the bundled trained tiny models (byte tokenizer), tasks "
+        f"{DEFAULT_TASKS}, mitigations {DEFAULT_MITIGATIONS} where they apply, lengths "
+        f"{DEFAULT_LENGTHS}, {DEFAULT_SAMPLES} samples: offline, CPU, a couple of minutes.",
     )
     run.add_argument("--models", help="comma-separated catalog names, local dirs or hub ids")
-    run.add_argument("--tasks", default="passkey", help="comma-separated (default: passkey)")
+    run.add_argument(
+        "--tasks", help=f"comma-separated (default: passkey; with no --models: {DEFAULT_TASKS})"
+    )
     run.add_argument(
         "--mitigations", help="comma-separated, each name[:key=value...] (default: none)"
     )
@@ -112,6 +120,7 @@ def list_command(what: str) -> None:
     lines: dict[str, str] = {}
     if what == "models":
         lines |= {name: tiny.description for name, tiny in TINY_MODELS.items()}
+        lines |= {name: card_summary(path) for name, path in bundled_models().items()}
         for spec in CATALOG.values():
             state = f"state {spec.state_size / 1e6:.2f}M" if spec.state_size else "no state"
             lines[spec.name] = (
@@ -146,7 +155,7 @@ def run_command(args: argparse.Namespace) -> int:
     models = parse_models(args.models or DEFAULT_MODELS)
     mitigation_specs = args.mitigations or (DEFAULT_MITIGATIONS if embedded else "none")
     mitigations = [parse_mitigation(s) for s in dict.fromkeys(mitigation_specs.split(","))]
-    tasks = parse_tasks(args.tasks, options)
+    tasks = parse_tasks(args.tasks or (DEFAULT_TASKS if embedded else "passkey"), options)
     check_out_dir(args.out)
     device = pick_device(args.device)
     if any(m.family == "mamba2" for m in models):
@@ -168,25 +177,32 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def print_report(report: Report) -> None:
+    """One row per (model, mitigation), one column per (task, length): each unit's summary."""
     if not report.outcomes:
         console.print(f"nothing to do: all {len(report.skipped)} units are already done")
         return
-    table = Table(title=f"run {report.run_id}")
-    for column in ("model", "mitigation", "task", "length", "status", "result"):
-        table.add_column(column)
+    columns: dict[str, None] = {}
+    cells: dict[tuple[str, str], dict[str, str]] = {}
     for o in report.outcomes:
-        table.add_row(
-            o.unit.model.name,
-            o.unit.mitigation.spec,
-            o.unit.task.name,
-            str(o.unit.params.get("length", "")),
-            o.status,
-            o.summary or o.message[:80],
+        column = f"{o.unit.task.name} {o.unit.params.get('length', '')}".strip()
+        columns[column] = None
+        row = cells.setdefault((o.unit.model.name, o.unit.mitigation.spec), {})
+        row[column] = o.summary if o.status == "ok" else o.status
+    table = Table(title=f"run {report.run_id}", caption=SUMMARY_CAPTION)
+    for name in ("model", "mitigation", *columns):
+        table.add_column(name, overflow="fold")
+    for (model, mitigation), row in cells.items():
+        table.add_row(model, mitigation, *(row.get(c, "") for c in columns))
+    Console(width=max(Console().width, 160)).print(table)
+    for o in report.failed:
+        console.print(
+            f"failed: {o.unit.model.name} {o.unit.mitigation.spec} "
+            f"{o.unit.task.name} {o.unit.params}: {o.message}",
+            markup=False,
         )
-    Console().print(table)
     console.print(
         f"{len(report.outcomes)} units run ({len(report.failed)} failed), "
-        f"{len(report.skipped)} already done; manifest {report.manifest}"
+        f"{len(report.skipped)} already done; manifest {report.manifest}",
     )
 
 

@@ -80,7 +80,7 @@ class Task(ABC):
         return {}
 
     def summary(self, rows: list[dict[str, Any]]) -> str:
-        """One short human line about a finished unit, for the end-of-run table."""
+        """A few words about a finished unit, for the end-of-run table."""
         return f"{len(rows)} rows"
 
 

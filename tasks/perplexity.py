@@ -143,12 +143,13 @@ class Perplexity(Task):
         return rows
 
     def summary(self, rows: list[dict[str, Any]]) -> str:
-        parts = [f"{len({r['document'] for r in rows})} doc(s)"]
-        for label, beyond in (("in context", False), ("beyond", True)):
-            group = [r for r in rows if r["beyond_context"] == beyond]
-            if group:
-                parts.append(f"ppl {label} {perplexity(pooled_loss(group)):.3g}")
-        return ", ".join(parts)
+        """Perplexity within the training context, then beyond it (when the length reaches)."""
+        parts = [
+            f"{perplexity(pooled_loss(group)):.3g}"
+            for beyond in (False, True)
+            if (group := [r for r in rows if r["beyond_context"] == beyond])
+        ]
+        return " > ".join(parts)
 
 
 def pooled_loss(rows: list[dict[str, Any]]) -> float:

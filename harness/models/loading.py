@@ -10,12 +10,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from harness.models.base import LanguageModel, ModelInfo
+from harness.models.bundled import bundled_models
 from harness.models.catalog import CATALOG, NEOX_TOKENIZER, ModelSpec
 from harness.models.tiny import TINY_MODELS
 
@@ -47,6 +48,9 @@ def family_of(config: dict) -> str:
 
 
 def resolve(ref: str) -> ModelSource:
+    bundled = bundled_models()
+    if ref in bundled:
+        return replace(_resolve_local(ref, bundled[ref]), name=ref)
     if ref in TINY_MODELS:
         return ModelSource(ref=ref, name=ref, family=TINY_MODELS[ref].family, config={})
     if ref in CATALOG:
@@ -62,7 +66,7 @@ def resolve(ref: str) -> ModelSource:
 
 def _resolve_local(ref: str, path: Path) -> ModelSource:
     if not path.exists():
-        known = [*TINY_MODELS, *CATALOG]
+        known = [*TINY_MODELS, *bundled_models(), *CATALOG]
         close = difflib.get_close_matches(ref, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelError(
