@@ -231,6 +231,19 @@ def test_lm_token_losses_match_one_pass(lm: Mamba2LM) -> None:
     assert losses.shape == (149,) and (losses - reference).abs().max() < 1e-4
 
 
+def test_lm_prefill_matches_the_generic_one(lm: Mamba2LM) -> None:
+    from harness.models.base import LanguageModel
+
+    prompt = list(range(70))
+    logits, state = lm.prefill(prompt, chunk=32)
+    generic, generic_state = LanguageModel.prefill(lm, prompt, chunk=32)
+    assert logits.shape == (lm.module.config.padded_vocab_size,)
+    assert (logits - generic).abs().max() < 1e-5
+    assert state.position == generic_state.position == 70
+    with pytest.raises(ValueError, match="at least one token"):
+        lm.prefill([])
+
+
 def test_lm_generate_uses_steps_like_a_pass(lm: Mamba2LM) -> None:
     prompt = lm.encode("The passkey is")
     logits, state = lm.prefill(prompt, chunk=5)
