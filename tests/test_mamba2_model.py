@@ -231,15 +231,14 @@ def test_lm_token_losses_match_one_pass(lm: Mamba2LM) -> None:
     assert losses.shape == (149,) and (losses - reference).abs().max() < 1e-4
 
 
-def test_lm_prefill_matches_the_generic_one(lm: Mamba2LM) -> None:
-    from harness.models.base import LanguageModel
-
+def test_lm_prefill_keeps_only_the_last_logits_of_a_pass(lm: Mamba2LM) -> None:
     prompt = list(range(70))
     logits, state = lm.prefill(prompt, chunk=32)
-    generic, generic_state = LanguageModel.prefill(lm, prompt, chunk=32)
+    with torch.inference_mode():
+        full, full_state = lm.forward(torch.tensor([prompt]), lm.init_state(1))
     assert logits.shape == (lm.module.config.padded_vocab_size,)
-    assert (logits - generic).abs().max() < 1e-5
-    assert state.position == generic_state.position == 70
+    assert (logits - full[0, -1]).abs().max() < 1e-5
+    assert state.position == full_state.position == 70
     with pytest.raises(ValueError, match="at least one token"):
         lm.prefill([])
 

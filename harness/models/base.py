@@ -62,6 +62,12 @@ class LanguageModel(ABC):
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """ids (b, l) -> logits (b, l, vocab) float32, and the state after the l tokens."""
 
+    def forward_last(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """`forward` keeping only the last position's logits (b, vocab); a family may override
+        it to skip computing the others."""
+        logits, state = self.forward(ids, state)
+        return logits[:, -1], state
+
     @property
     def device(self) -> torch.device:
         return torch.device(self.info.device)
@@ -80,10 +86,10 @@ class LanguageModel(ABC):
         state = self.init_state(1)
         for start in range(0, len(ids), chunk):
             piece = ids[start : start + chunk]
-            logits, state = self.forward(self._tensor(piece), state)
+            logits, state = self.forward_last(self._tensor(piece), state)
             if progress is not None:
                 progress(len(piece))
-        return logits[0, -1].float(), state
+        return logits[0].float(), state
 
     @torch.inference_mode()
     def generate(self, logits: torch.Tensor, state: State, max_new_tokens: int) -> list[int]:

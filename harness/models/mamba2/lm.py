@@ -49,14 +49,10 @@ class Mamba2LM(LanguageModel):
         """ids (b, l) -> logits (b, l, padded vocab) float32, the state after them."""
         return self.module(ids, state, self.hooks, self.backend)
 
-    @torch.inference_mode()
-    def prefill(self, ids: list[int], chunk: int = 4096) -> tuple[torch.Tensor, Mamba2State]:
-        """LanguageModel.prefill without the logits of all but the last token of each chunk
-        (at 130m, 4096 x 50288 float32 logits are 800 MiB per chunk)."""
-        if not ids:
-            raise ValueError("prefill needs at least one token")
-        state = self.init_state(1)
-        for start in range(0, len(ids), chunk):
-            piece = self._tensor(ids[start : start + chunk])
-            logits, state = self.module(piece, state, self.hooks, self.backend, last_only=True)
-        return logits[0, -1].float(), state
+    def forward_last(
+        self, ids: torch.Tensor, state: Mamba2State
+    ) -> tuple[torch.Tensor, Mamba2State]:
+        """Only the last position's logits (b, vocab): at 130m, the logits of a 4096-token chunk
+        would be 800 MiB of float32."""
+        logits, state = self.module(ids, state, self.hooks, self.backend, last_only=True)
+        return logits[:, -1], state
