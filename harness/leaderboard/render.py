@@ -255,32 +255,20 @@ def fit_cells(board: Leaderboard) -> list[list[str]]:
     ]
 
 
-def html_fits(board: Leaderboard) -> str:
-    if not len(board.fits):
+def html_section(
+    title: str, note: str, table_id: str, columns: list[str], cells: list[list[str]]
+) -> str:
+    """A titled, sortable table of plain cells; nothing when there are no rows."""
+    if not cells:
         return ""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in FIT_COLUMNS)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
-        for row in fit_cells(board)
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in cells
     )
+    paragraph = f"<p>{html.escape(note)}</p>" if note else ""
     return (
-        f"<h2>Fits against state size</h2><p>{html.escape(FITS_NOTE)}</p>"
-        f'<table class="sortable" id="fits"><thead><tr>{head}</tr></thead><tbody>{body}'
-        "</tbody></table>"
-    )
-
-
-def html_failures(board: Leaderboard) -> str:
-    if not len(board.failures):
-        return ""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in FAILURE_COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
-        for row in failure_cells(board)
-    )
-    return (
-        f'<h2>Failed units</h2><table class="sortable" id="failures"><thead><tr>{head}'
-        f"</tr></thead><tbody>{body}</tbody></table>"
+        f'<h2>{html.escape(title)}</h2>{paragraph}<table class="sortable" id="{table_id}">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
 
@@ -307,8 +295,8 @@ def to_html(board: Leaderboard) -> str:
 <h2>How to read it</h2>
 <ul>{notes}</ul>
 {html_figures(board)}
-{html_fits(board)}
-{html_failures(board)}
+{html_section("Fits against state size", FITS_NOTE, "fits", list(FIT_COLUMNS), fit_cells(board))}
+{html_section("Failed units", "", "failures", FAILURE_COLUMNS, failure_cells(board))}
 <script>{SCRIPT}</script>
 </body>
 </html>
