@@ -40,7 +40,8 @@ DEFAULT_SAMPLES = 4
 
 console = Console(stderr=True)
 SUMMARY_CAPTION = (
-    "passkey: correct/samples; perplexity: within the training context > beyond it. "
+    "passkey: correct/samples (mean log-probability of the key; chance for 5 digits is "
+    "about -11.5); perplexity: within the training context > beyond it. "
     "Everything else is in the Parquet tables; `harness leaderboard` draws them."
 )
 

@@ -152,4 +152,6 @@ class Passkey(Task):
         }
 
     def summary(self, rows: list[dict[str, Any]]) -> str:
-        return f"{sum(r['correct'] for r in rows)}/{len(rows)}"
+        """correct/samples and the mean log-probability of the key (a graded signal)."""
+        logprob = sum(r["key_logprob"] for r in rows) / len(rows)
+        return f"{sum(r['correct'] for r in rows)}/{len(rows)} ({logprob:.1f})"
