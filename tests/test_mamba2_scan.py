@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,14 +9,7 @@ import torch.nn.functional as F
 from harness.models.mamba2.hooks import ScanInputs
 from harness.models.mamba2.ssd import BackendError, recurrent_step, resolve_backend, scan, ssd_scan
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: OpenMP threads cost more than they bring (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_scan(
