@@ -45,7 +45,6 @@ COMMON = pa.schema(
     ]
 )
 PARTITIONS = pa.schema([("model", pa.string()), ("mitigation", pa.string())])
-STATUSES = ("ok", "oom", "nonfinite", "error")
 
 
 def part_path(out: Path, table: str, model: str, mitigation: str, unit_id: str) -> Path:
