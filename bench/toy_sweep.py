@@ -17,7 +17,8 @@
    T_forget and its fit), the paper's points and fit beside it, and the key log-probability
    by length that shows each model's retrieval cliff.
 
-The default grid takes about 40 minutes on a 2-core CPU.
+The default grid took 50 minutes on a 2-core CPU; results/reference/toy_sweep/README.md
+says what it shows.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from matplotlib.axes import Axes
 
 from harness import results
 from harness.cli import main as harness_main
+from harness.models.loading import pick_device
 from harness.models.tokenizer import byte_tokenizer
 from harness.train.data import parse_mixture
 from harness.train.loop import SUMMARY_FILE, TrainConfig, Trainer
@@ -91,6 +93,7 @@ def train_stage(
         clip=1.0,
         seed=args.seed,
         save_every=max(1, steps // 4),
+        device=args.device,
     )
     Trainer(model, data, config, meta={"sweep": "bench/toy_sweep.py"}).run(resume=True)
 
@@ -131,7 +134,7 @@ def evaluate(paths: list[Path], args: argparse.Namespace) -> None:
             "--seed",
             str(args.seed),
             "--device",
-            "cpu",
+            args.device,
             "--option",
             f"state-capacity.loss_length={max(lengths)}",
             "--option",
@@ -211,7 +214,9 @@ def plot_grid(ax: Axes, rows: list[dict], forget: dict) -> None:
             color="tab:red" if collapsed else "tab:green",
         )
     sizes = sorted({r["state_size"] for r in rows})
-    if forget["fit_a"] is not None:
+    if not any(r["collapse_length"] is not None for r in rows):
+        fit = "no collapse anywhere: T_forget <= the shortest length at every size"
+    elif forget["fit_a"] is not None:
         a, b = forget["fit_a"], forget["fit_b"]
         line = [K_TOKENS * (a * paper_millions(s) + b) for s in sizes]
         ax.plot([s / 1e3 for s in sizes], line, "-", color="tab:blue")
@@ -298,12 +303,14 @@ def main() -> None:
     parser.add_argument("--loss-source", default="newlines", help="state-capacity source")
     parser.add_argument("--recall-threshold", type=float, default=0.5)
     parser.add_argument("--jobs", type=int, default=2, help="state sizes trained at once")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/reference/toy_sweep"))
     args = parser.parse_args()
     if not args.text.exists():
         parser.error(f"--text {args.text} does not exist: give a .txt file or a folder of them")
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    args.device = pick_device(args.device)
 
     sizes = sorted(args.d_states, reverse=True)  # the slowest first: better packing
     with ProcessPoolExecutor(args.jobs) as pool:
