@@ -40,7 +40,7 @@ from matplotlib.axes import Axes
 from harness import results
 from harness.cli import main as harness_main
 from harness.models.loading import pick_device
-from harness.models.tokenizer import byte_tokenizer
+from harness.models.tokenizer import byte_tokenizer, encoder
 from harness.train.data import parse_mixture
 from harness.train.loop import SUMMARY_FILE, TrainConfig, Trainer
 from harness.train.models import Shape, Trainable, build
@@ -72,13 +72,9 @@ def train_stage(
     """Train `model` at `length` for `steps` into `path`, continuing a saved run there."""
     if finished(path, steps):
         return
-    tokenizer = model.tokenizer
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
     specs = [f"text:{args.text}@{1 - args.passkey_ratio}", f"passkey@{args.passkey_ratio}"]
-    data = parse_mixture(specs, encode, tokenizer.eos_token_id, passkey_loss="keys")
+    tokenizer = model.tokenizer
+    data = parse_mixture(specs, encoder(tokenizer), tokenizer.eos_token_id, passkey_loss="keys")
     config = TrainConfig(
         out=path,
         steps=steps,
@@ -178,16 +174,12 @@ def write_training_table(paths: list[Path], out: Path) -> Path:
     return path
 
 
-def model_rows(out: Path) -> list[dict]:
-    table = results.read_table(out / "results", "state_capacity")
-    table = table.filter(pc.equal(table["kind"], "model"))
-    return sorted(table.to_pylist(), key=lambda r: (r["state_size"], r["train_context"]))
-
-
-def fit_row(out: Path, kind: str) -> dict:
-    table = results.read_table(out / "results", "state_capacity")
-    [row] = table.filter(pc.equal(table["kind"], kind)).to_pylist()
-    return row
+def capacity_rows(out: Path) -> tuple[list[dict], dict]:
+    """The state_capacity table: its model rows by (state size, length), and the forget fit."""
+    rows = results.read_table(out / "results", "state_capacity").to_pylist()
+    models = [r for r in rows if r["kind"] == "model"]
+    [forget] = [r for r in rows if r["kind"] == "fit-forget"]
+    return sorted(models, key=lambda r: (r["state_size"], r["train_context"])), forget
 
 
 def key_logprob_curves(out: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -274,9 +266,9 @@ def plot(out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = model_rows(out)
+    rows, forget = capacity_rows(out)
     fig, (grid, paper, keys) = plt.subplots(1, 3, figsize=(16, 4.5))
-    plot_grid(grid, rows, fit_row(out, "fit-forget"))
+    plot_grid(grid, rows, forget)
     plot_paper(paper)
     plot_keys(keys, rows, key_logprob_curves(out))
     fig.tight_layout()

@@ -26,7 +26,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from harness.lm_eval import metadata as meta
-from harness.lm_eval.tokenizer import encoder, tokenizer_from_metadata
+from harness.lm_eval.tokenizer import tokenizer_from_metadata
+from harness.models.tokenizer import encoder
 from tasks.perplexity import Perplexity
 from tasks.sources import SOURCE_SETTINGS, Source, documents, source_from
 

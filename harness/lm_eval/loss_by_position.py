@@ -40,7 +40,8 @@ from transformers import PreTrainedTokenizerBase
 from harness.lm_eval import metadata as meta
 from harness.lm_eval.corpus import CorpusSettings, Cut, corpus_cuts
 from harness.lm_eval.task_base import MetadataTask, Metric
-from harness.lm_eval.tokenizer import encoder, tokenizer_from_metadata
+from harness.lm_eval.tokenizer import tokenizer_from_metadata
+from harness.models.tokenizer import encoder
 
 BUCKETS_PER_LONGEST = 8
 

@@ -36,7 +36,8 @@ from lm_eval.api.metrics import mean
 
 from harness.lm_eval import metadata as meta
 from harness.lm_eval.task_base import MetadataTask, Metric, per_length
-from harness.lm_eval.tokenizer import Encode, encoder, tokenizer_from_metadata
+from harness.lm_eval.tokenizer import tokenizer_from_metadata
+from harness.models.tokenizer import Encode, encoder
 from tasks.passkey import DEFAULT_SAMPLES, EXTRA_NEW_TOKENS, Sample, build_prompt, samples_at
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)

@@ -15,7 +15,7 @@ Texts are encoded without special tokens, as the harness models encode them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -25,8 +25,6 @@ from harness.models.catalog import NEOX_TOKENIZER
 from harness.models.loading import resolve
 from harness.models.tiny import TINY_MODELS
 from harness.models.tokenizer import byte_tokenizer, load_tokenizer
-
-Encode = Callable[[str], list[int]]
 
 
 class TokenizerNotGiven(ValueError):
@@ -66,12 +64,3 @@ def harness_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     if source.family == "mamba2":
         return load_tokenizer(source.path, NEOX_TOKENIZER)
     return hub_tokenizer(str(source.path or source.repo))
-
-
-def encoder(tokenizer: PreTrainedTokenizerBase) -> Encode:
-    """Text -> token ids, without special tokens."""
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    return encode

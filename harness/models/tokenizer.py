@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -9,6 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 EOS = "<|endoftext|>"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+Encode = Callable[[str], list[int]]
 
 
 def _gpt2_byte_alphabet() -> list[str]:
@@ -34,3 +36,12 @@ def load_tokenizer(path: Path | None, fallback: str) -> PreTrainedTokenizerBase:
     if path is not None and any((path / f).exists() for f in TOKENIZER_FILES):
         return AutoTokenizer.from_pretrained(path)
     return AutoTokenizer.from_pretrained(fallback)
+
+
+def encoder(tokenizer: PreTrainedTokenizerBase) -> Encode:
+    """Text -> token ids, without special tokens."""
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    return encode

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.train.checkpoint import ResumeError, has_state
-from harness.train.data import DataError, Encode, parse_mixture
+from harness.train.data import DataError, parse_mixture
 from harness.train.loop import TrainConfig, Trainer
 from harness.train.models import FAMILIES, ModelChoiceError, Shape, Trainable, build, load
 
@@ -90,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     """Run `harness train`; 2 on wrong input (with a message naming the problem)."""
     from harness.models.loading import pick_device
+    from harness.models.tokenizer import encoder
 
     try:
         _check_numbers(args)
@@ -100,7 +101,7 @@ def command(args: argparse.Namespace) -> int:
             )
         model = _model(args)
         data = parse_mixture(
-            args.data, _encoder(model), model.tokenizer.eos_token_id, args.passkey_loss
+            args.data, encoder(model.tokenizer), model.tokenizer.eos_token_id, args.passkey_loss
         )
         config = TrainConfig(
             out=args.out,
@@ -174,12 +175,3 @@ def _tokenizer(path: Path | None) -> PreTrainedTokenizerBase:
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {str(path)!r} has no end-of-text token ({EOS})")
     return tokenizer
-
-
-def _encoder(model: Trainable) -> Encode:
-    tokenizer = model.tokenizer
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    return encode
