@@ -62,6 +62,7 @@ def checkpoint_dir(out: Path, d_state: int, length: int) -> Path:
 
 
 def finished(path: Path, steps: int) -> bool:
+    """A stage already trained to `steps`: skipped, so its training.json (wall time) stays."""
     summary = path / SUMMARY_FILE
     return summary.exists() and json.loads(summary.read_text())["settings"]["steps"] == steps
 
