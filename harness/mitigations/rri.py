@@ -5,12 +5,18 @@ horizon of about 1/(1 - a) tokens) and the insertion B_t <- b * B_t. The scan ke
 alpha_t = exp(dt_t * A_t), so the extra decay goes into a per-token A:
 
     A'_t = A + log(a) / dt_t   =>   exp(dt_t * A'_t) = a * exp(dt_t * A) = a * alpha_t.
+
+A dt_t that underflowed to 0 (softplus of a very negative input) would make that 0 * inf = NaN,
+so dt is raised to the smallest normal float there: the token still decays by a, and inserts
+dt B x^T ~ 1e-38 B x^T instead of exactly nothing.
 """
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
 
 from harness.mitigations.base import Mitigation, MitigationError
 from harness.models.mamba2.hooks import Hooks, ScanInputs
@@ -41,7 +47,8 @@ class RRI(Mitigation):
         a, b = self.params["a"], self.params["b"]
         changes = {}
         if a != 1:
-            changes["A"] = inputs.A + math.log(a) / inputs.dt  # (h,) + (b, l, h) -> (b, l, h)
+            dt = inputs.dt.clamp_min(torch.finfo(inputs.dt.dtype).tiny)  # (b, l, h), > 0
+            changes |= {"dt": dt, "A": inputs.A + math.log(a) / dt}  # (h,) + (b, l, h)
         if b != 1:
             changes["B"] = inputs.B * b  # (b, l, g, n)
         return inputs.with_(**changes)

@@ -24,17 +24,30 @@ chunking, and costs two scans plus O(length) bookkeeping:
 - the carried `WindowState` holds both states (h and o), D and the inputs of the last r tokens
   (dt x, B, dt A), as the pieces they arrived in; a call touches only the pieces it reads.
 
+Exact at any length. h^(r) = h - o loses float32 digits in proportion to ||h|| / ||h^(r)||;
+carried over the whole history, that grows without bound on heads that barely forget (and any
+rounding error once made stays in h forever). So nothing older than two blocks of
+block = max(2r, RESTART) tokens is ever held. At each restart b (absolute positions that are
+multiples of block):
+
+    h <- h - o = h^(r)_b,   o <- 0,   and a fresh scan s of the new tokens starts from zero.
+
+For t in (b, b + r], h - o is still exact (o removes the tokens of h^(r)_b as they leave). At
+t = b + r every token of h^(r)_b has left the window, so that part of h and all of o are zero
+in exact arithmetic and only their rounding is left: h <- s, o <- 0. From there o takes in the
+tokens after b. So h and o never hold more than 2 blocks of inputs, and the error is bounded
+by the window, not by the history; the fresh scan costs one more scan of r tokens per block.
+
 While fewer than r tokens have been seen, o is zero and its scan is skipped: with r at least the
-sequence length the output is the plain scan's, bit for bit. Numerically, h^(r) = h - o loses
-float32 digits in proportion to ||h|| / ||h^(r)|| (large only for heads that never forget, over
-very long inputs); x' needs dt_t > 0, which softplus gives unless it underflows to 0 (a token
-that then inserts nothing, and removes nothing).
+sequence length the output is the plain scan's, bit for bit. x' needs dt_t > 0, which softplus
+gives unless it underflows to 0 (a token that then inserts nothing, and removes nothing).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -49,6 +62,9 @@ if TYPE_CHECKING:
 # A log-decay below this counts as zero retention (exp(-60) ~ 1e-26, lost in float32 rounding;
 # the subnormal numbers it would make slow CPU arithmetic down), as in the engine's scan.
 NEGLIGIBLE = -60.0
+# Fewest tokens between restarts (block = max(2r, RESTART)): few extra kernel calls per piece,
+# while h - o cancels at most block / r of the window's magnitude.
+RESTART = 256
 
 # The engine's scan: inputs and the carried h (b, h, p, n) or None -> (y (b, l, h, p), h).
 ScanFn = Callable[[ScanInputs, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
@@ -80,6 +96,7 @@ class WindowState:
     h: torch.Tensor | None = None  # (b, h, p, n) plain state h_t; None = zero
     old: torch.Tensor | None = None  # (b, h, p, n) o_t, the part older than r; None = zero
     log_decay: torch.Tensor | None = None  # (b, h) float64, D_t = log alpha_{t-r:t}
+    fresh: torch.Tensor | None = None  # (b, h, p, n) scan of the tokens since the last restart
     pieces: tuple[Piece, ...] = field(default=())  # inputs of the tokens o has yet to take in
 
     @property
@@ -94,7 +111,13 @@ class WindowState:
             return None if t is None else t.clone()
 
         # pieces are never written to, so they can be shared
-        return WindowState(copy(self.h), copy(self.old), copy(self.log_decay), self.pieces)
+        return replace(
+            self,
+            h=copy(self.h),
+            old=copy(self.old),
+            log_decay=copy(self.log_decay),
+            fresh=copy(self.fresh),
+        )
 
 
 class WindowScan:
@@ -103,11 +126,28 @@ class WindowScan:
     def __init__(self, r: int, scan: ScanFn) -> None:
         self.r = r
         self.scan = scan
+        self.block = max(2 * r, RESTART)
 
     def __call__(
         self, inputs: ScanInputs, state: WindowState | None
     ) -> tuple[torch.Tensor, WindowState]:
+        """The piece in parts ending at the restart points b and b + r (see the module doc)."""
         state = state or WindowState()
+        ys = []
+        for part in _split(inputs, self.block, self.r):
+            offset = part.start % self.block  # the part lies in (b + offset, ...]
+            y, state = self._scan(part, state)
+            if part.start >= self.block and offset < self.r:  # within (b, b + r]: track s
+                state = replace(state, fresh=self.scan(part, state.fresh)[1])
+            end = (part.start + part.x.shape[1]) % self.block
+            if end == 0:  # at b: h <- h^(r), o <- 0, s starts from zero
+                state = replace(state, h=state.window, old=None, fresh=None)
+            elif end == self.r and part.start >= self.block:  # at b + r: drop what left
+                state = replace(state, h=state.fresh, old=None, fresh=None)
+            ys.append(y)
+        return (ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)), state
+
+    def _scan(self, inputs: ScanInputs, state: WindowState) -> tuple[torch.Tensor, WindowState]:
         length = inputs.x.shape[1]
         y, h = self.scan(inputs, state.h)  # y (b, l, h, p)
         current = _piece(inputs)
@@ -115,7 +155,7 @@ class WindowScan:
         first = inputs.start - self.r  # position of the token each output must drop
         if first + length <= 0:  # nothing has left the window yet: o = 0
             log_decay = _add(state.log_decay, current.dtA.sum(1))
-            return y, WindowState(h, None, log_decay, pieces)
+            return y, replace(state, h=h, log_decay=log_decay, pieces=pieces)
         delayed = _gather(pieces, first, length, current)
         # D_t for each t of this piece: D_{t-1} + dt_t A_t - dt_{t-r} A_{t-r}, (b, l, h) float64
         log_decay = torch.cumsum(current.dtA - delayed.dtA, dim=1)
@@ -127,7 +167,7 @@ class WindowScan:
         x_old = delayed.dtx * scale[..., None]  # (b, l, h, p)
         y_old, old = self.scan(inputs.with_(x=x_old, B=delayed.B), state.old)
         kept = tuple(p for p in pieces if p.end > first + length)
-        return y - y_old, WindowState(h, old, log_decay[:, -1], kept)
+        return y - y_old, replace(state, h=h, old=old, log_decay=log_decay[:, -1], pieces=kept)
 
 
 class Window(Mitigation):
@@ -155,6 +195,33 @@ def _piece(inputs: ScanInputs) -> Piece:
         B=inputs.B.clone(),  # a view of the mixer's whole [x, B, C]: keep B only
         dtA=(dt * inputs.A).double(),  # A (h,) or (b, l, h)
     )
+
+
+def _split(inputs: ScanInputs, block: int, r: int) -> list[ScanInputs]:
+    """`inputs` cut at the absolute positions b and b + r, b the multiples of `block`."""
+    start, length = inputs.start, inputs.x.shape[1]
+    points = range(start - start % block, start + length, block)  # b <= the first position
+    cuts = sorted(
+        {0, length, *(c - start for b in points for c in (b, b + r) if 0 < c - start < length)}
+    )
+    if len(cuts) == 2:
+        return [inputs]
+
+    def cut(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return t[:, lo:hi]
+
+    return [
+        ScanInputs(
+            x=cut(inputs.x, lo, hi),
+            dt=cut(inputs.dt, lo, hi),
+            A=inputs.A if inputs.A.dim() == 1 else cut(inputs.A, lo, hi),  # (h,) or (b, l, h)
+            B=cut(inputs.B, lo, hi),
+            C=cut(inputs.C, lo, hi),
+            start=start + lo,
+        )
+        for lo, hi in itertools.pairwise(cuts)
+        if lo < hi
+    ]
 
 
 def _gather(pieces: tuple[Piece, ...], first: int, length: int, like: Piece) -> Piece:
