@@ -174,11 +174,35 @@ start_slurm() {
   wait_for 30 "slurmd (node idle)" bash -c '[[ "$(sinfo -h -o %T)" == idle ]]'
 }
 
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Refuse to start next to daemons this script did not start (another scratch folder, or a
+# system Slurm): they hold the same sockets and ports.
+check_foreign() {
+  local owner="another cluster or a system service; stop it first"
+  if ! alive munged && munge -n >/dev/null 2>&1; then
+    die "a munged not started from $scratch is running ($owner)"
+  fi
+  if ! alive mariadbd && [[ -S "$db_socket" ]] && mysqladmin --socket="$db_socket" ping \
+    >/dev/null 2>&1; then
+    die "a MariaDB not started from $scratch answers on $db_socket ($owner)"
+  fi
+  local name port
+  for name in slurmctld:6817 slurmd:6818 slurmdbd:6819; do
+    port="${name#*:}"
+    name="${name%:*}"
+    if ! alive "$name" && listening "$port"; then
+      die "port $port ($name) is taken by a process not started from $scratch ($owner)"
+    fi
+  done
+}
+
 cmd_start() {
   [[ $EUID -eq 0 ]] || die "start needs root"
   for exe in slurmctld slurmd slurmdbd munged mariadbd; do
     command -v "$exe" >/dev/null || die "$exe not found: run '$0 install' first"
   done
+  check_foreign
   local t0=$SECONDS
   write_configs
   (
