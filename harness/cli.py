@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import registry
+from harness.executors import EXECUTORS, executor_class
+from harness.executors.base import ExecutorSettings
+from harness.executors.driver import Driver, Report, detach
+from harness.executors.status import status_command
 from harness.leaderboard import cli as leaderboard_cli
 from harness.models.bundled import bundled_models, card_summary
 from harness.models.catalog import CATALOG
@@ -27,9 +32,9 @@ from harness.plan import (
     parse_task_options,
     parse_tasks,
 )
-from harness.runner import DTYPES, Report, RunConfig, Runner
+from harness.runner import DTYPES, RunConfig
 from harness.train import cli as train_cli
-from tasks.base import TaskOptions
+from tasks.base import Task, TaskOptions
 
 # `harness run` with no --models: the bundled trained tiny models, offline, on the CPU.
 DEFAULT_MODELS = ",".join(bundled_models()) or ",".join(TINY_MODELS)
@@ -98,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a task setting, repeatable, e.g. perplexity.bucket=128 "
         "(`harness list tasks` names each task's settings)",
     )
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument(
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda | cuda:N (workers of ray/slurm take the GPU their engine assigns)",
+    )
     run.add_argument("--dtype", default="float32", choices=list(DTYPES))
     run.add_argument(
         "--backend",
@@ -113,7 +122,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="run every unit again, even those with finished parts",
     )
+    add_executor_arguments(run)
+
+    status = sub.add_parser("status", help="which units of the last run are done, failed, missing")
+    status.add_argument("--out", type=Path, default=Path("results"))
     return parser
+
+
+def add_executor_arguments(run: argparse.ArgumentParser) -> None:
+    """Where the jobs of a run go (README: Running on a cluster)."""
+    group = run.add_argument_group("executors")
+    group.add_argument("--executor", default="local", choices=list(EXECUTORS))
+    group.add_argument(
+        "--workers", type=int, default=1, help="jobs at once (local: worker processes)"
+    )
+    group.add_argument("--gpus-per-worker", type=float, help="ray/slurm: GPUs per job")
+    group.add_argument(
+        "--max-retries", type=int, default=1, help="runs again of a job whose worker died"
+    )
+    group.add_argument("--ray-address", help="an existing Ray cluster (default: a private one)")
+    group.add_argument("--slurm-partition")
+    group.add_argument("--slurm-time", help="time limit per job, e.g. 04:00:00")
+    group.add_argument("--slurm-account")
+    group.add_argument(
+        "--slurm-flag", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch flag"
+    )
+    group.add_argument(
+        "--stop-after-fails",
+        type=int,
+        metavar="K",
+        help="skip longer lengths of a (model, mitigation, task) once K in a row score at or "
+        "below chance",
+    )
+    group.add_argument(
+        "--dry-run", action="store_true", help="print the jobs and their cost; run nothing"
+    )
+    group.add_argument(
+        "--detach", action="store_true", help="ray/slurm: submit, return, `harness status` later"
+    )
 
 
 def list_command(what: str) -> None:
@@ -141,7 +187,7 @@ def list_command(what: str) -> None:
         print(f"{name:<{width}}{line}")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     embedded = args.models is None
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
@@ -158,23 +204,102 @@ def run_command(args: argparse.Namespace) -> int:
     mitigations = [parse_mitigation(s) for s in dict.fromkeys(mitigation_specs.split(","))]
     tasks = parse_tasks(args.tasks or (DEFAULT_TASKS if embedded else "passkey"), options)
     check_out_dir(args.out)
-    device = pick_device(args.device)
-    if any(m.family == "mamba2" for m in models):
-        check_backend(args.backend, device)
+    settings = executor_settings(args)
+    check_device(args.device)
+    if settings.name != "local":
+        check_absolute_sources(tasks, settings.name)
+    elif any(m.family == "mamba2" for m in models):
+        check_backend(args.backend, pick_device(args.device))
     plan = build_plan(
         models, mitigations, tasks, args.dtype, strict=not (embedded and args.mitigations is None)
     )
     config = RunConfig(
         out=args.out,
-        device=device,
+        device=args.device,
         dtype=args.dtype,
         backend=args.backend,
         seed=args.seed,
         resume=args.resume,
+        stop_after_fails=args.stop_after_fails,
+        command=["harness", *argv],
     )
-    report = Runner(plan, config).run()
+    driver = Driver(plan, config, settings)
+    if args.dry_run:
+        print(driver.describe_jobs())
+        return 0
+    if args.detach:
+        pid, log = detach(argv, args.out)
+        console.print(
+            f"detached: the driver runs as pid {pid}, log {log}; "
+            f"`harness status --out {args.out}` shows its progress"
+        )
+        return 0
+    report = driver.run()
+    if report.interrupted:
+        console.print(
+            f"interrupted; {report.done_now} units done, rerun the same command to resume"
+        )
+        return 130
     print_report(report)
-    return 1 if report.failed else 0
+    if report.lost:
+        console.print(
+            f"{len(report.lost)} units missing (their worker was lost); "
+            "rerun the same command to run them"
+        )
+    return 1 if report.failed or report.lost else 0
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SLURM_FLAGS = ("slurm_partition", "slurm_time", "slurm_account", "slurm_flag")
+
+
+def check_device(device: str) -> None:
+    if not DEVICE.match(device):
+        raise UsageError(f"bad --device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def executor_settings(args: argparse.Namespace) -> ExecutorSettings:
+    """The executor's settings from the run's flags, checked (UsageError: exit 2)."""
+    for flag, least in (("workers", 1), ("max_retries", 0), ("stop_after_fails", 1)):
+        value = getattr(args, flag)
+        if value is not None and value < least:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise UsageError(f"--gpus-per-worker must be 0 or more, got {args.gpus_per_worker}")
+    if args.ray_address is not None and args.executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+    used = [f for f in SLURM_FLAGS if getattr(args, f)]
+    if used and args.executor != "slurm":
+        raise UsageError(f"--{used[0].replace('_', '-')} needs --executor slurm")
+    if args.detach and args.executor == "local":
+        raise UsageError("--detach needs --executor ray or slurm (a local run is this process)")
+    if args.detach and args.dry_run:
+        raise UsageError("--detach and --dry-run exclude each other")
+    settings = ExecutorSettings(
+        name=args.executor,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        max_retries=args.max_retries,
+        ray_address=args.ray_address,
+        slurm_partition=args.slurm_partition,
+        slurm_time=args.slurm_time,
+        slurm_account=args.slurm_account,
+        slurm_flags=list(args.slurm_flag),
+    )
+    executor_class(settings.name).check(settings)
+    return settings
+
+
+def check_absolute_sources(tasks: list[Task], executor: str) -> None:
+    """Workers of ray/slurm may start in another folder: task files must be absolute."""
+    for task in tasks:
+        for key, value in task.settings.items():
+            path = Path(value).expanduser() if isinstance(value, str) and value else None
+            if path is not None and path.exists() and not path.is_absolute():
+                raise UsageError(
+                    f"--option {task.name}.{key}={value} is a relative path; with "
+                    f"--executor {executor} give it as an absolute path"
+                )
 
 
 def print_report(report: Report) -> None:
@@ -230,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             return leaderboard_cli.command(args)
         if args.command == "train":
             return train_cli.command(args)
-        return run_command(args)
+        if args.command == "status":
+            return status_command(args.out)
+        return run_command(args, list(sys.argv[1:] if argv is None else argv))
     except UsageError as err:
         print(f"harness: error: {err}", file=sys.stderr)
         return 2

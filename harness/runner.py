@@ -1,73 +1,114 @@
-"""Runs a plan on one device: each model loaded once, its units run, each finished unit
-written as one Parquet part.
+"""The job runner: what one worker does with one job (units of one model) on one device.
 
-A unit that fails at run time (out of memory, non-finite values, any exception) becomes a
-row with that status and its message; the other units go on. Units whose part exists with
-every row ok are skipped, so an interrupted run resumes where it stopped; parts of failed
-units are run again.
+The model is loaded once; for each mitigation its units run in order (per task, ascending
+length) and each finished unit is written as one Parquet part. A unit that fails at run time
+(out of memory, non-finite values, any exception) becomes a row with that status and its
+message; the other units go on. An out-of-memory unit whose task has a `chunk` setting is
+run once more with half the chunk before it is recorded as `oom`. Units whose part already
+exists with every row ok are skipped, so an interrupted or retried job resumes where it
+stopped. With `stop_after_fails` K, once K consecutive lengths of a (model, mitigation,
+task) series score at or below chance (Task.at_chance), its longer lengths are recorded as
+`skipped` with the reason. Each job writes its own worker manifest.
+
+The driver (harness.executors) builds the plan, packs units into jobs, hands them to an
+executor and writes the cross-model rows and the run manifest; this module never sees more
+than its job.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
-import secrets
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 import harness
 from harness import results
-from harness.mitigations.base import Mitigation
 from harness.models.base import LanguageModel
-from harness.models.loading import ModelSource, load
-from harness.plan import Plan, Unit
-from tasks.base import NonFiniteError, Task
+from harness.models.loading import load, pick_device
+from harness.plan import Unit
+from tasks.base import NonFiniteError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-COMBINED = "_combined"  # the `model=` folder of rows computed across models
 VERSIONED = ("torch", "transformers", "datasets", "pyarrow", "mamba-ssm", "triton", "lm-eval")
+SKIPPED = "skipped"  # the status of a unit left out by the early stop
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    out: Path
-    device: str  # resolved: cpu | cuda | cuda:N
+    out: Path  # results folder (the driver makes it absolute before shipping jobs)
+    device: str  # as requested: auto | cpu | cuda | cuda:N; each worker resolves it
     dtype: str  # float32 | bfloat16
     backend: str  # mamba2 scan backend: auto | torch | triton
     seed: int
-    resume: bool = True
+    resume: bool = True  # skip units whose parts are complete and ok
+    stop_after_fails: int | None = None  # skip longer lengths after K at-chance lengths in a row
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker runs: units of one model with the run's settings; picklable."""
+
+    id: str  # j000, j001, ...: its place in the run
+    run_id: str  # the run it belongs to (every row it writes carries it)
+    config: RunConfig
+    units: tuple[Unit, ...]  # one model; the driver orders them (mitigation, task, length)
+    cost: float  # estimated cost (harness.executors.packing), for scheduling and --dry-run
 
 
 @dataclass(frozen=True)
 class Outcome:
     unit: Unit
-    status: str
+    status: str  # ok | oom | nonfinite | error | skipped
     message: str
     summary: str
+    at_chance: bool = False  # the task judged the unit's score at or below chance
 
 
-@dataclass
-class Report:
-    run_id: str
-    outcomes: list[Outcome]
-    skipped: list[Unit]
-    manifest: Path | None = None
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    outcomes: list[Outcome]  # units this job ran (or skipped by the early stop)
+    done_before: list[Unit]  # units already done when the job reached them
+    worker: dict[str, Any]  # the worker's manifest (also written under runs/<run id>/)
 
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status != "ok"]
+
+class Progress(Protocol):
+    """Where a job reports progress: the driver's bar in-process, nothing in remote workers."""
+
+    def describe(self, text: str) -> None: ...
+
+    def advance(self, unit: Unit, tokens: int) -> None: ...
+
+    def finish(self, unit: Unit) -> None: ...
+
+
+class Quiet:
+    """Progress for a worker that is not the driver: the driver watches parts appear."""
+
+    def describe(self, text: str) -> None:
+        pass
+
+    def advance(self, unit: Unit, tokens: int) -> None:
+        pass
+
+    def finish(self, unit: Unit) -> None:
+        pass
 
 
 def classify(err: BaseException) -> str:
@@ -109,116 +150,201 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-class Runner:
-    def __init__(self, plan: Plan, config: RunConfig) -> None:
-        self.plan = plan
-        self.config = config
-        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+def part_of(out: Path, unit: Unit) -> Path:
+    return results.part_path(out, unit.task.table, unit.model.name, unit.mitigation.spec, unit.id)
+
+
+def part_state(path: Path, run_id: str | None = None) -> str | None:
+    """ "ok" when every row of the unit's part is ok, "skipped" when every row is skipped,
+    None when it must run (missing, unreadable, failed; with `run_id`, written by another run)."""
+    try:
+        table = pq.read_table(path, columns=["status", "run_id"])
+    except (pa.ArrowInvalid, OSError):
+        return None
+    if run_id is not None and set(table.column("run_id").to_pylist()) != {run_id}:
+        return None
+    statuses = set(table.column("status").to_pylist())
+    return statuses.pop() if statuses in ({"ok"}, {SKIPPED}) else None
+
+
+def series_key(unit: Unit) -> tuple[str, str, str]:
+    """The early stop's series: one (model, mitigation, task), lengths ascending."""
+    return unit.model.name, unit.mitigation.spec, unit.task.name
+
+
+def length_of(unit: Unit) -> int:
+    return int(unit.params.get("length", 0))
+
+
+class Series:
+    """The early stop's count along one series: the lengths at or below chance in a row."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.chance: list[int] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self.limit is not None and len(self.chance) >= self.limit
+
+    def record(self, unit: Unit, at_chance: bool | None) -> None:
+        """A finished unit extends the run of at-chance lengths or ends it; None (a failed
+        unit) changes nothing."""
+        if at_chance is not None:
+            self.chance = [*self.chance, length_of(unit)] if at_chance else []
+
+    def reason(self) -> str:
+        lengths = ", ".join(str(n) for n in self.chance)
+        return (
+            f"early stop: {len(self.chance)} lengths in a row at or below chance ({lengths}); "
+            "rerun without --stop-after-fails to run it"
+        )
+
+
+def verdict_of(path: Path, unit: Unit) -> bool | None:
+    """The early-stop verdict of a unit finished by an earlier run, from its part."""
+    rows = pq.read_table(path).to_pylist()
+    return unit.task.at_chance(rows) if {r["status"] for r in rows} == {"ok"} else None
+
+
+def pending(units: Sequence[Unit], config: RunConfig, run_id: str | None = None) -> list[Unit]:
+    """The units of one job-to-be that need running, following the worker's own rules: a
+    unit is done when its part is ok, or skipped while the early stop still holds."""
+    todo = []
+    for _, series in groupby(units, key=series_key):
+        count = Series(config.stop_after_fails)
+        for unit in series:
+            path = part_of(config.out, unit)
+            state = part_state(path, run_id)
+            if state == "ok":
+                if count.limit is not None:
+                    count.record(unit, verdict_of(path, unit))
+            elif not (state == SKIPPED and count.stopped):
+                todo.append(unit)
+    return todo
+
+
+def run_job(job: Job, progress: Progress | None = None) -> JobResult:
+    """Run one job in this process; the entry point every executor calls on its workers."""
+    return JobRunner(job, progress or Quiet()).run()
+
+
+class JobRunner:
+    def __init__(self, job: Job, progress: Progress) -> None:
+        self.job = job
+        self.config = job.config
+        self.progress = progress
+        self.device = pick_device(job.config.device)
         self.commit = git_commit()
         self.artifacts: dict[str, dict[str, Any]] = {}
+        self.done_before: list[Unit] = []
+        self.model: LanguageModel | Exception | None = None  # loaded when first needed
+        self.hooked: tuple[str, Exception | None] | None = None  # installed spec, its error
 
-    def part(self, unit: Unit) -> Path:
-        return results.part_path(
-            self.config.out, unit.task.table, unit.model.name, unit.mitigation.spec, unit.id
-        )
-
-    def pending(self) -> tuple[list[Unit], list[Unit]]:
-        """(units to run, units already done)."""
-        if not self.config.resume:
-            return list(self.plan.units), []
-        done = [u for u in self.plan.units if results.part_ok(self.part(u))]
-        ids = {u.id for u in done}
-        return [u for u in self.plan.units if u.id not in ids], done
-
-    def run(self) -> Report:
-        todo, done = self.pending()
-        report = Report(self.run_id, [], done)
-        if not todo:
-            return report
-        results.remove_stale_temporaries(self.config.out)
+    def run(self) -> JobResult:
         started = time.time()
-        total = sum(u.task.cost(u.params) for u in todo)
-        bar = tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True, smoothing=0.05)
-        try:
-            for source, units in groupby(todo, key=lambda u: u.model):
-                report.outcomes += self._run_model(source, list(units), bar)
-            self._write_combined()
-        finally:
-            bar.close()
-            if report.outcomes:
-                report.manifest = self._write_manifest(report, started)
-        return report
+        outcomes: list[Outcome] = []
+        for _, series in groupby(self.job.units, key=series_key):
+            outcomes += self._run_series(list(series))
+        self.model = None
+        worker = self._manifest(outcomes, started)
+        results.write_manifest(self.config.out, f"{self.job.run_id}/{self.job.id}", worker)
+        return JobResult(self.job.id, outcomes, self.done_before, worker)
 
-    def _run_model(self, source: ModelSource, units: list[Unit], bar: tqdm) -> list[Outcome]:
-        bar.set_description(f"loading {source.name}")
-        try:
-            model = load(source, self.config.device, DTYPES[self.config.dtype], self.config.backend)
-        except Exception as err:
-            return [self._fail(u, None, err, bar) for u in units]
+    def _run_series(self, units: list[Unit]) -> list[Outcome]:
+        """Units of one (model, mitigation, task) in order; the early stop acts here."""
+        count = Series(self.config.stop_after_fails)
+        run_id = None if self.config.resume else self.job.run_id
         outcomes = []
-        for mitigation, group in groupby(units, key=lambda u: u.mitigation):
-            outcomes += self._run_mitigation(model, mitigation, list(group), bar)
-        del model
+        for unit in units:
+            path = part_of(self.config.out, unit)
+            state = part_state(path, run_id)
+            if state == "ok" or (state == SKIPPED and count.stopped):
+                self.done_before.append(unit)
+                if state == "ok" and count.limit is not None:
+                    count.record(unit, verdict_of(path, unit))
+                continue
+            model = self._ready(unit)
+            if isinstance(model, Exception):
+                outcomes.append(self._fail(unit, None, model))
+            elif self.hooked is not None and self.hooked[1] is not None:
+                outcomes.append(self._fail(unit, model, self.hooked[1]))
+            elif count.stopped:
+                outcomes.append(self._skip(unit, model, count.reason()))
+            else:
+                outcome = self._run_unit(model, unit)
+                outcomes.append(outcome)
+                count.record(unit, outcome.at_chance if outcome.status == "ok" else None)
         return outcomes
 
-    def _run_mitigation(
-        self, model: LanguageModel, mitigation: Mitigation, units: list[Unit], bar: tqdm
-    ) -> list[Outcome]:
-        bar.set_description(f"{model.info.name} {mitigation.spec}")
-        try:
-            model.hooks = mitigation.hooks(model)
-        except Exception as err:
-            return [self._fail(u, model, err, bar) for u in units]
-        self.artifacts[f"{model.info.name}/{mitigation.spec}"] = mitigation.artifacts()
-        return [self._run_unit(model, u, bar) for u in units]
+    def _ready(self, unit: Unit) -> LanguageModel | Exception:
+        """The job's model, loaded on first use, with the unit's mitigation installed."""
+        if self.model is None:
+            self.progress.describe(f"loading {unit.model.name}")
+            try:
+                self.model = load(
+                    unit.model, self.device, DTYPES[self.config.dtype], self.config.backend
+                )
+            except Exception as err:
+                self.model = err
+        model = self.model
+        if isinstance(model, Exception):
+            return model
+        if self.hooked is None or self.hooked[0] != unit.mitigation.spec:
+            self.progress.describe(f"{model.info.name} {unit.mitigation.spec}")
+            try:
+                model.hooks = unit.mitigation.hooks(model)
+                key = f"{model.info.name}/{unit.mitigation.spec}"
+                self.artifacts[key] = unit.mitigation.artifacts()
+                self.hooked = (unit.mitigation.spec, None)
+            except Exception as err:
+                self.hooked = (unit.mitigation.spec, err)
+        return model
 
-    def _run_unit(self, model: LanguageModel, unit: Unit, bar: tqdm) -> Outcome:
-        start = bar.n
+    def _run_unit(self, model: LanguageModel, unit: Unit) -> Outcome:
         try:
-            rows = unit.task.run(model, unit.params, bar.update)
+            rows, message = self._attempt(model, unit)
         except Exception as err:
-            return self._fail(unit, model, err, bar, advanced=bar.n - start)
-        common = self._common(unit, model, "ok", "")
+            return self._fail(unit, model, err)
+        common = self._common(unit, model, "ok", message)
         table = [{**common, **row} for row in rows]
-        results.write_part(self.part(unit), table, self._schema(unit))
-        bar.update(unit.task.cost(unit.params) - (bar.n - start))
-        return Outcome(unit, "ok", "", unit.task.summary(rows))
+        results.write_part(part_of(self.config.out, unit), table, self._schema(unit))
+        self.progress.finish(unit)
+        summary = unit.task.summary(rows)
+        return Outcome(unit, "ok", message, summary, at_chance=unit.task.at_chance(rows))
 
-    def _fail(
-        self, unit: Unit, model: LanguageModel | None, err: Exception, bar: tqdm, advanced: int = 0
-    ) -> Outcome:
+    def _attempt(self, model: LanguageModel, unit: Unit) -> tuple[list[dict[str, Any]], str]:
+        """The unit's rows, and a note when they needed the out-of-memory retry: once, with
+        half the task's `chunk` setting (where it has one)."""
+
+        def advance(n: int) -> None:
+            self.progress.advance(unit, n)
+
+        try:
+            return unit.task.run(model, unit.params, advance), ""
+        except Exception as err:
+            chunk = unit.params.get("chunk")
+            if classify(err) != "oom" or not isinstance(chunk, int) or chunk < 2:
+                raise
+            _free_memory()
+            smaller = {**unit.params, "chunk": chunk // 2}
+            rows = unit.task.run(model, smaller, advance)
+            return rows, f"ran with chunk={chunk // 2} after running out of memory at {chunk}"
+
+    def _fail(self, unit: Unit, model: LanguageModel | None, err: Exception) -> Outcome:
         status, message = classify(err), f"{type(err).__name__}: {err}"
-        if status == "oom" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        results.write_part(
-            self.part(unit), [self._common(unit, model, status, message)], self._schema(unit)
-        )
-        bar.update(unit.task.cost(unit.params) - advanced)
+        if status == "oom":
+            _free_memory()
+        row = self._common(unit, model, status, message)
+        results.write_part(part_of(self.config.out, unit), [row], self._schema(unit))
+        self.progress.finish(unit)
         return Outcome(unit, status, message, "")
 
-    def _write_combined(self) -> None:
-        """Recompute each task's cross-model rows from everything its table now holds."""
-        for task in self.plan.tasks:
-            if type(task).combine is Task.combine:
-                continue
-            table = results.read_table(self.config.out, task.table)
-            schema = pa.unify_schemas([results.COMMON, task.schema])
-            for mitigation, rows in task.combine(table).items():
-                common = {
-                    "unit_id": COMBINED,
-                    "run_id": self.run_id,
-                    "task": task.name,
-                    "mitigation_name": mitigation.split(":")[0],
-                    "status": "ok",
-                    "message": "",
-                    "harness_version": harness.__version__,
-                    "git_commit": self.commit,
-                    "created_at": datetime.now(UTC),
-                }
-                path = results.part_path(
-                    self.config.out, task.table, COMBINED, mitigation, COMBINED.strip("_")
-                )
-                results.write_part(path, [{**common, **row} for row in rows], schema)
+    def _skip(self, unit: Unit, model: LanguageModel, message: str) -> Outcome:
+        row = self._common(unit, model, SKIPPED, message)
+        results.write_part(part_of(self.config.out, unit), [row], self._schema(unit))
+        self.progress.finish(unit)
+        return Outcome(unit, SKIPPED, message, "")
 
     def _schema(self, unit: Unit) -> pa.Schema:
         return pa.unify_schemas([results.COMMON, unit.task.schema])
@@ -230,7 +356,7 @@ class Runner:
         spec = unit.model.spec
         return {
             "unit_id": unit.id,
-            "run_id": self.run_id,
+            "run_id": self.job.run_id,
             "task": unit.task.name,
             "model_ref": unit.model.ref,
             "family": unit.model.family,
@@ -242,7 +368,7 @@ class Runner:
             "message": message,
             "unit_params": json.dumps(unit.params, sort_keys=True),
             "seed": self.config.seed,
-            "device": self.config.device,
+            "device": self.device,
             "dtype": self.config.dtype,
             "backend": info.backend if info else None,
             "harness_version": harness.__version__,
@@ -250,36 +376,30 @@ class Runner:
             "created_at": datetime.now(UTC),
         }
 
-    def _write_manifest(self, report: Report, started: float) -> Path:
-        manifest = {
-            "run_id": self.run_id,
-            "command": self.config.command,
-            "config": {
-                "models": [
-                    {"ref": m.ref, "name": m.name, "family": m.family} for m in self.plan.models
-                ],
-                "mitigations": [m.spec for m in self.plan.mitigations],
-                "tasks": {t.name: t.units() for t in self.plan.tasks},
-                "device": self.config.device,
-                "dtype": self.config.dtype,
-                "backend": self.config.backend,
-                "seed": self.config.seed,
-                "out": str(self.config.out),
-                "resume": self.config.resume,
-            },
+    def _manifest(self, outcomes: Sequence[Outcome], started: float) -> dict[str, Any]:
+        return {
+            "run_id": self.job.run_id,
+            "job_id": self.job.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": self.device,
+            "device_name": device_name(self.device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "versions": versions(),
             "git_commit": self.commit,
-            "device_name": device_name(self.config.device),
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
             "wall_time_s": round(time.time() - started, 3),
-            "units": {
-                "run": len(report.outcomes),
-                "skipped_done": len(report.skipped),
-                "failed": [
-                    {"unit_id": o.unit.id, "status": o.status, "message": o.message}
-                    for o in report.failed
-                ],
-            },
+            "units": [o.unit.id for o in outcomes],
+            "done_before": [u.id for u in self.done_before],
+            "failed": [
+                {"unit_id": o.unit.id, "status": o.status, "message": o.message}
+                for o in outcomes
+                if o.status not in ("ok", SKIPPED)
+            ],
             "mitigation_artifacts": self.artifacts,
         }
-        return results.write_manifest(self.config.out, self.run_id, manifest)
+
+
+def _free_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

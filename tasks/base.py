@@ -83,6 +83,12 @@ class Task(ABC):
         """A few words about a finished unit, for the end-of-run table."""
         return f"{len(rows)} rows"
 
+    def at_chance(self, rows: list[dict[str, Any]]) -> bool:
+        """Whether a finished unit scored at or below chance, for `--stop-after-fails`: once
+        enough lengths in a row do, longer ones are skipped. Tasks without a notion of
+        chance never stop early."""
+        return False
+
 
 def _convert(value: str, kind: type) -> Any:
     if kind is bool:

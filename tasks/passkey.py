@@ -9,6 +9,7 @@ plus the log-probability of the key under teacher forcing, a graded signal.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ SUFFIX = "\nWhat is the pass key? The passkey is"
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_SAMPLES = 10
 EXTRA_NEW_TOKENS = 3  # decoded beyond the key's own token count
+CHANCE_LOGPROB = math.log(1e-5)  # a uniform guess among the 100000 five-digit keys
 
 
 @dataclass(frozen=True)
@@ -155,3 +157,8 @@ class Passkey(Task):
         """correct/samples and the mean log-probability of the key (a graded signal)."""
         logprob = sum(r["key_logprob"] for r in rows) / len(rows)
         return f"{sum(r['correct'] for r in rows)}/{len(rows)} ({logprob:.1f})"
+
+    def at_chance(self, rows: list[dict[str, Any]]) -> bool:
+        """No sample right, and the key no likelier on average than a uniform guess."""
+        logprob = sum(r["key_logprob"] for r in rows) / len(rows)
+        return not any(r["correct"] for r in rows) and logprob <= CHANCE_LOGPROB

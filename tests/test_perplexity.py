@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from harness.cli import main
+from harness.executors.driver import run_plan
 from harness.mitigations.base import NoMitigation
 from harness.models.base import LanguageModel, ModelInfo
 from harness.models.loading import resolve as resolve_model
 from harness.models.tiny import build_tiny_mamba2, build_tiny_pythia
 from harness.plan import Plan, Unit
 from harness.results import read_table
-from harness.runner import RunConfig, Runner
+from harness.runner import RunConfig
 from tasks.base import NonFiniteError, TaskOptions
 from tasks.perplexity import Perplexity, buckets
 
@@ -126,7 +127,7 @@ def test_runner_writes_one_row_per_document_bucket(neox_dir: Path, tmp_path: Pat
     units = [Unit(task, model, NoMitigation(), p, "float32") for p in task.units()]
     out = tmp_path / "results"
     config = RunConfig(out=out, device="cpu", dtype="float32", backend="auto", seed=0)
-    report = Runner(Plan([model], [NoMitigation()], [task], units), config).run()
+    report = run_plan(Plan([model], [NoMitigation()], [task], units), config)
     assert not report.failed, report.failed
     rows = read_table(out, "perplexity").to_pylist()
     by_doc: dict[tuple[int, int], int] = {}

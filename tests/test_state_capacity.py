@@ -11,13 +11,14 @@ import pyarrow as pa
 import pytest
 import torch
 
+from harness.executors.driver import run_plan
 from harness.mitigations.base import NoMitigation
 from harness.models.base import LanguageModel, ModelInfo
 from harness.models.loading import resolve as resolve_model
 from harness.models.tokenizer import byte_tokenizer
 from harness.plan import Plan, Unit
 from harness.results import read_table
-from harness.runner import RunConfig, Runner
+from harness.runner import RunConfig
 from tasks.base import TaskOptions
 from tasks.detect import PAPER_FORGET, PAPER_RECALL, PAPER_STATE_UNIT
 from tasks.passkey import SUFFIX
@@ -199,7 +200,7 @@ def test_runner_writes_the_row_and_combine_reads_it_back(neox_dir: Path, tmp_pat
     out = tmp_path / "results"
     config = RunConfig(out=out, device="cpu", dtype="float32", backend="auto", seed=0)
     units = [Unit(task, model, NoMitigation(), params, "float32")]
-    report = Runner(Plan([model], [NoMitigation()], [task], units), config).run()
+    report = run_plan(Plan([model], [NoMitigation()], [task], units), config)
     assert not report.failed, report.failed
     table = read_table(out, "state_capacity")
     [row] = table.to_pylist()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.executors.driver import run_plan
 from harness.mitigations.base import NoMitigation
 from harness.models.base import ModelInfo
 from harness.models.loading import resolve as resolve_model
@@ -16,7 +17,7 @@ from harness.models.mamba2 import Hooks, Mamba2, Mamba2Config, Mamba2LM
 from harness.models.tokenizer import byte_tokenizer
 from harness.plan import Plan, Unit
 from harness.results import read_table
-from harness.runner import RunConfig, Runner
+from harness.runner import RunConfig
 from tasks.base import TaskOptions
 from tasks.state_stats import StateStats
 
@@ -164,7 +165,7 @@ def test_runner_writes_the_rows(tmp_path: Path) -> None:
     units = [Unit(task, model, NoMitigation(), p, "float32") for p in task.units()]
     out = tmp_path / "results"
     config = RunConfig(out=out, device="cpu", dtype="float32", backend="auto", seed=0)
-    report = Runner(Plan([model], [NoMitigation()], [task], units), config).run()
+    report = run_plan(Plan([model], [NoMitigation()], [task], units), config)
     assert not report.failed, report.failed
     rows = read_table(out, "state_stats").to_pylist()
     assert len(rows) == 2 * 8 * 4  # layers x heads x positions of tiny-mamba2

@@ -1,0 +1,91 @@
+"""This machine: jobs run in the driver's own process (one worker, today's behaviour, with
+progress per token), or in `--workers N` worker processes.
+
+Worker processes are started fresh (spawn) and keep running job after job; each takes an
+equal share of the CPU threads and the device the run names (`--device cuda:N`, or whatever
+CUDA_VISIBLE_DEVICES leaves). A worker that dies (killed, out of host memory) breaks the
+pool: the jobs it had not finished are handed to a fresh pool up to --max-retries times (the
+units they had already written are not run again), then reported lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+
+import torch
+
+from harness.executors.base import Executor, Finished
+from harness.runner import Job, Progress, run_job
+
+
+def _limit_threads(threads: int) -> None:
+    """Worker initializer: its share of the CPU cores."""
+    torch.set_num_threads(threads)
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def submit(self, jobs: Sequence[Job], progress: Progress) -> None:
+        self.progress = progress
+        self.queue = list(jobs)  # in-process: run in order, one per wait()
+        self.tries = {job.id: 0 for job in jobs}
+        self.pool: ProcessPoolExecutor | None = None
+        self.futures: dict[Future, Job] = {}
+        if self.settings.workers > 1:
+            self._start_pool(self.queue)
+            self.queue = []
+
+    def _start_pool(self, jobs: Sequence[Job]) -> None:
+        threads = max(1, (os.cpu_count() or 1) // self.settings.workers)
+        self.pool = ProcessPoolExecutor(
+            max_workers=self.settings.workers,
+            mp_context=get_context("spawn"),
+            initializer=_limit_threads,
+            initargs=(threads,),
+        )
+        for job in jobs:
+            self.tries[job.id] += 1
+            self.futures[self.pool.submit(run_job, job)] = job
+
+    def wait(self, timeout: float) -> list[Finished]:
+        if self.pool is None:
+            job = self.queue.pop(0)
+            try:
+                return [Finished(job, run_job(job, self.progress))]
+            except Exception as err:  # the job's own bookkeeping failed (units fail as rows)
+                return [Finished(job, None, f"{type(err).__name__}: {err}")]
+        done, _ = wait_futures(self.futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        finished, broken = [], []
+        for future in done:
+            job = self.futures.pop(future)
+            try:
+                finished.append(Finished(job, future.result()))
+            except BrokenProcessPool:
+                broken.append(job)
+            except Exception as err:
+                finished.append(Finished(job, None, f"{type(err).__name__}: {err}"))
+        if broken:
+            finished += self._restart(broken)
+        return finished
+
+    def _restart(self, broken: list[Job]) -> list[Finished]:
+        """A worker died: every job not finished is lost to the old pool; retry them."""
+        broken += list(self.futures.values())
+        self.futures = {}
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        retry = [job for job in broken if self.tries[job.id] <= self.settings.max_retries]
+        lost = [job for job in broken if self.tries[job.id] > self.settings.max_retries]
+        if retry:
+            self._start_pool(retry)
+        return [Finished(job, None, "a worker process died (retries used up)") for job in lost]
+
+    def close(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
