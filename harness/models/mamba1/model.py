@@ -1,0 +1,197 @@
+"""The Mamba-1 language model (Gu & Dao 2023), in the paper's notation (dt, A, B, C, x, h).
+
+    ids (b, l) -> embedding -> n_layer x [u = u + Mixer(RMSNorm(u))] -> norm_f -> lm_head
+
+Mixer of one layer, for u (b, l, d_model), with d = d_inner channels and n = d_state:
+
+    [x, z]     = in_proj(u)                          x, z (b, l, d)
+    x          = silu(causal_conv(x))                depthwise, kernel d_conv
+    [r, B, C]  = x_proj(x)                           r (b, l, dt_rank), B and C (b, l, n)
+    dt         = softplus(dt_proj(r))                (b, l, d), dt_proj has the bias
+    A          = -exp(A_log)                         (d, n): a decay per channel AND state entry
+    h_t        = exp(dt_t A) * h_{t-1} + (dt_t x_t) B_t^T      h (d, n), elementwise decay
+    y_t        = h_t C_t + D x_t
+    out        = out_proj(y * silu(z))
+
+Unlike Mamba-2 (one scalar decay per head), the decay differs per (channel, state entry), so
+the scan is a diagonal linear recurrence computed chunk by chunk (`selective_scan`). The
+residual stream, the scan and the logits are float32 whatever the weights' dtype; the state
+(the last d_conv - 1 conv inputs and h per layer) is carried exactly, so a sequence fed in any
+pieces gives the logits of one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.models.mamba1.config import Mamba1Config
+from harness.models.mamba2.model import RMSNorm
+
+CHUNK = 16  # tokens per chunk of the scan: its (T, T, d, n) decay block stays small
+
+
+@dataclass
+class Mamba1State:
+    """What a Mamba-1 carries between calls."""
+
+    conv: list[torch.Tensor]  # per layer (b, d_inner, d_conv - 1): the last conv inputs
+    ssm: list[torch.Tensor | None]  # per layer h (b, d_inner, d_state) float32; None = zero
+    position: int = 0  # tokens consumed so far
+
+    def clone(self) -> Mamba1State:
+        return Mamba1State(
+            conv=[c.clone() for c in self.conv],
+            ssm=[None if s is None else s.clone() for s in self.ssm],
+            position=self.position,
+        )
+
+
+def selective_scan(
+    dtx: torch.Tensor,
+    log_alpha: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_t = exp(log_alpha_t) * h_{t-1} + dtx_t B_t^T, y_t = h_t C_t, chunk by chunk.
+
+    dtx (b, l, d), log_alpha (b, l, d, n) <= 0, B and C (b, l, n), h0 (b, d, n) or None
+    -> y (b, l, d), h_l (b, d, n). Within a chunk of T tokens, with cum_t = sum_{j <= t}
+    log_alpha_j (from the chunk's start):
+
+        y_t = sum_{s <= t} sum_n exp(cum_t - cum_s)[d, n] C_t[n] B_s[n] dtx_s[d]
+              + sum_n exp(cum_t)[d, n] C_t[n] h_0[d, n]
+        h_T = exp(cum_T) h_0 + sum_s exp(cum_T - cum_s) dtx_s B_s^T
+
+    Every exponent is <= 0 (no overflow), and memory holds one (b, T, T, d, n) block.
+    """
+    b, length, d = dtx.shape
+    n = B.shape[-1]
+    h = dtx.new_zeros(b, d, n) if h0 is None else h0
+    y = torch.empty_like(dtx)
+    causal = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=dtx.device).tril()
+    for lo in range(0, length, CHUNK):
+        hi = min(lo + CHUNK, length)
+        T = hi - lo
+        cum = log_alpha[:, lo:hi].cumsum(1)  # (b, T, d, n)
+        gap = cum[:, :, None] - cum[:, None]  # (b, t, s, d, n): cum_t - cum_s
+        decay = gap.masked_fill(~causal[:T, :T, None, None], -math.inf).exp()
+        Bc, Cc, u = B[:, lo:hi], C[:, lo:hi], dtx[:, lo:hi]
+        # sum over n of exp(cum_t - cum_s) C_t B_s, then over s with dtx_s: (b, T, d)
+        mix = torch.einsum("btsdn,btn,bsn->btsd", decay, Cc, Bc)
+        y[:, lo:hi] = torch.einsum("btsd,bsd->btd", mix, u)
+        y[:, lo:hi] += torch.einsum("btdn,btn,bdn->btd", cum.exp(), Cc, h)
+        last = (cum[:, -1:] - cum).exp()  # (b, T, d, n): exp(cum_T - cum_s)
+        h = cum[:, -1].exp() * h + torch.einsum("bsdn,bsd,bsn->bdn", last, u, Bc)
+    return y, h
+
+
+class Mixer(nn.Module):
+    def __init__(self, config: Mamba1Config) -> None:
+        super().__init__()
+        c, d = config, config.d_inner
+        self.config = config
+        self.in_proj = nn.Linear(c.d_model, 2 * d, bias=c.bias)
+        self.conv1d = nn.Conv1d(d, d, c.d_conv, groups=d, bias=c.conv_bias)  # (d, 1, d_conv)
+        self.x_proj = nn.Linear(d, c.rank + 2 * c.d_state, bias=False)
+        self.dt_proj = nn.Linear(c.rank, d, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d, c.d_state))
+        self.D = nn.Parameter(torch.empty(d))
+        self.out_proj = nn.Linear(d, c.d_model, bias=c.bias)
+
+    def forward(
+        self, u: torch.Tensor, conv: torch.Tensor, h: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """u (b, l, d_model) -> out (b, l, d_model), new conv state, new h."""
+        c = self.config
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d) each
+        x, conv = self.causal_conv(x, conv)
+        x = x.float()
+        r, B, C = self.x_proj(x.to(u.dtype)).float().split([c.rank, c.d_state, c.d_state], -1)
+        dt = F.softplus(F.linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))
+        A = -torch.exp(self.A_log.float())  # (d, n)
+        y, h = selective_scan(dt * x, dt[..., None] * A, B, C, h)
+        y = (y + self.D.float() * x) * F.silu(z.float())
+        return self.out_proj(y.to(u.dtype)), conv, h
+
+    def causal_conv(
+        self, x: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (b, l, d) -> silu(conv) (b, l, d), and the last d_conv - 1 inputs (b, d, k - 1)."""
+        l, k = x.shape[1], self.config.d_conv
+        window = torch.cat([state.transpose(1, 2), x], dim=1)  # (b, k - 1 + l, d)
+        w = self.conv1d.weight[:, 0]  # (d, k)
+        bias = self.conv1d.bias if self.conv1d.bias is not None else w.new_zeros(w.shape[0])
+        out = torch.addcmul(bias, w[:, 0], window[:, :l])
+        for j in range(1, k):  # out_t = bias + sum_j w_j in_{t - k + 1 + j}
+            out.addcmul_(w[:, j], window[:, j : j + l])
+        return F.silu(out), window[:, l:].transpose(1, 2).contiguous()
+
+
+class Block(nn.Module):
+    def __init__(self, config: Mamba1Config) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = Mixer(config)
+
+    def forward(
+        self, u: torch.Tensor, conv: torch.Tensor, h: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """u (b, l, d_model) float32 residual stream -> the same after this layer, its state."""
+        out, conv, h = self.mixer(self.norm(u), conv, h)
+        return u + out.float(), conv, h
+
+
+class Mamba1(nn.Module):
+    def __init__(self, config: Mamba1Config) -> None:
+        super().__init__()
+        self.config = config
+        V, d = config.padded_vocab_size, config.d_model
+        self.embedding = nn.Embedding(V, d)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(d, config.norm_eps)
+        self.lm_head = nn.Linear(d, V, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+        """Random weights as mamba-ssm initialises them (S4D-real A, dt in [dt_min, dt_max])."""
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for block in self.layers:
+            mixer = block.mixer
+            d, n = mixer.A_log.shape
+            log_dt = torch.rand(d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = torch.exp(log_dt).clamp_min(1e-4)
+            mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            mixer.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).expand(d, n))
+            mixer.D.fill_(1.0)
+            mixer.out_proj.weight.div_(math.sqrt(self.config.n_layer))
+
+    def init_state(self, batch: int = 1) -> Mamba1State:
+        c, weight = self.config, self.embedding.weight
+        conv = [weight.new_zeros(batch, c.d_inner, c.d_conv - 1) for _ in range(c.n_layer)]
+        return Mamba1State(conv=conv, ssm=[None] * c.n_layer, position=0)
+
+    def forward(
+        self, ids: torch.Tensor, state: Mamba1State | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, Mamba1State]:
+        """ids (b, l) -> logits (b, l, padded vocab) float32 (b, 1, .) with last_only, state."""
+        if state is None:
+            state = self.init_state(ids.shape[0])
+        u = self.embedding(ids).float()  # residual stream (b, l, d_model)
+        conv, ssm = [], []
+        for i, block in enumerate(self.layers):
+            u, c, h = block(u, state.conv[i], state.ssm[i])
+            conv.append(c)
+            ssm.append(h)
+        if last_only:
+            u = u[:, -1:]
+        logits = self.lm_head(self.norm_f(u)).float()
+        return logits, Mamba1State(conv, ssm, state.position + ids.shape[1])

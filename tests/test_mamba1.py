@@ -1,0 +1,135 @@
+"""Our Mamba-1 against transformers' MambaForCausalLM (pure-torch path), on random checkpoints
+written in both formats the loader reads; chunk invariance; the scan against a naive loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.models.mamba1 import CheckpointError, load_mamba1, save_pretrained, selective_scan
+
+VOCAB = 64
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_thread: None) -> None:
+    """Tiny tensors: one thread (conftest)."""
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory):
+    """A random transformers Mamba with diverse decays, and its hf-format directory."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    config = MambaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        state_size=8,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=4,
+        use_mambapy=False,
+    )
+    model = MambaForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.uniform_(-2.0, 2.0)  # decays from ~exp(-7 dt) to ~1 per entry
+            layer.mixer.D.normal_()
+            layer.mixer.dt_proj.bias.uniform_(-4.0, 1.0)
+    directory = tmp_path_factory.mktemp("mamba1") / "hf"
+    model.save_pretrained(directory)
+    return model, directory
+
+
+def state_spaces_copy(hf_dir: Path, out: Path) -> Path:
+    """The same weights as mamba-ssm stores them: config with ssm_cfg, pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    hf = json.loads((hf_dir / "config.json").read_text())
+    tensors = load_file(str(hf_dir / "model.safetensors"))
+    tensors["backbone.embedding.weight"] = tensors.pop("backbone.embeddings.weight")
+    tensors.pop("lm_head.weight", None)
+    out.mkdir()
+    torch.save(tensors, out / "pytorch_model.bin")
+    config = {
+        "d_model": hf["hidden_size"],
+        "n_layer": hf["num_hidden_layers"],
+        "vocab_size": hf["vocab_size"],
+        "ssm_cfg": {"d_state": hf["state_size"], "dt_rank": hf["time_step_rank"]},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 8,
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token NLL of ids[:, 1:] from logits over the real vocabulary."""
+    return F.cross_entropy(logits[:, :-1, :VOCAB].transpose(1, 2), ids[:, 1:], reduction="none")
+
+
+def test_scan_matches_a_naive_loop() -> None:
+    g = torch.Generator().manual_seed(3)
+    b, length, d, n = 2, 41, 5, 3
+    dtx, B, C = (torch.randn(b, length, *s, generator=g) for s in ((d,), (n,), (n,)))
+    log_alpha = -torch.rand(b, length, d, n, generator=g) * 3
+    h0 = torch.randn(b, d, n, generator=g)
+    y, h = selective_scan(dtx, log_alpha, B, C, h0)
+    ref, ys = h0, []
+    for t in range(length):
+        ref = log_alpha[:, t].exp() * ref + dtx[:, t, :, None] * B[:, t, None, :]
+        ys.append((ref * C[:, t, None, :]).sum(-1))
+    assert torch.allclose(y, torch.stack(ys, 1), atol=1e-5) and torch.allclose(h, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "state-spaces"])
+def test_losses_match_transformers(reference, fmt: str, tmp_path: Path) -> None:
+    model, hf_dir = reference
+    directory = hf_dir if fmt == "hf" else state_spaces_copy(hf_dir, tmp_path / "ss")
+    ours = load_mamba1(directory).eval()
+    ids = torch.randint(0, VOCAB, (2, 300), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = losses(model(ids).logits, ids)
+        mine = losses(ours(ids)[0], ids)
+    assert (mine - theirs).abs().max() < 1e-4
+
+
+def test_any_chunking_equals_one_pass(reference) -> None:
+    ours = load_mamba1(reference[1]).eval()
+    ids = torch.randint(0, VOCAB, (1, 257), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole, _ = ours(ids)
+        for size in (1, 5, 16, 100):
+            state, parts = ours.init_state(1), []
+            for lo in range(0, ids.shape[1], size):
+                logits, state = ours(ids[:, lo : lo + size], state)
+                parts.append(logits)
+            assert (torch.cat(parts, 1) - whole).abs().max() < 1e-5, size
+
+
+@pytest.mark.parametrize("fmt", ["hf", "state-spaces"])
+def test_saved_checkpoints_load_back(reference, fmt: str, tmp_path: Path) -> None:
+    ours = load_mamba1(reference[1]).eval()
+    again = load_mamba1(save_pretrained(ours, tmp_path / fmt, fmt)).eval()
+    ids = torch.randint(0, VOCAB, (1, 50))
+    with torch.no_grad():
+        assert torch.equal(ours(ids)[0], again(ids)[0])
+
+
+def test_wrong_checkpoints_are_named(reference, tmp_path: Path) -> None:
+    bad = state_spaces_copy(reference[1], tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "ssm_cfg": {"layer": "Mamba2"}}))
+    with pytest.raises(CheckpointError, match="not a Mamba-1 model"):
+        load_mamba1(bad)
+    (bad / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_mamba1(bad)
