@@ -17,6 +17,7 @@ from typing import Any
 from harness import registry
 from harness.mitigations import parse_mitigation as parse_spec
 from harness.mitigations.base import Mitigation, MitigationError
+from harness.models.catalog import PEER_SETS
 from harness.models.loading import ModelError, ModelSource, resolve
 from tasks.base import Task, TaskOptions
 
@@ -104,8 +105,10 @@ def parse_mitigation(spec: str) -> Mitigation:
 
 
 def parse_models(text: str) -> list[ModelSource]:
+    """Model references; a peer set name (catalog.PEER_SETS) stands for its members."""
+    refs = [m for ref in _split(text, "models") for m in PEER_SETS.get(ref, (ref,))]
     try:
-        return [resolve(ref) for ref in dict.fromkeys(_split(text, "models"))]
+        return [resolve(ref) for ref in dict.fromkeys(refs)]
     except ModelError as err:
         raise UsageError(str(err)) from None
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from harness.models.base import LanguageModel
+from harness.models.catalog import FAMILIES
 
 Progress = Callable[[int], None]  # advance the run's progress bar by n units of cost (tokens)
 
@@ -38,7 +39,7 @@ class Task(ABC):
     description: ClassVar[str]
     table: ClassVar[str]  # results/<table>/
     schema: ClassVar[pa.Schema]  # the task's own columns (the runner adds the common ones)
-    families: ClassVar[frozenset[str]] = frozenset({"mamba2", "transformer"})
+    families: ClassVar[frozenset[str]] = FAMILIES
     settings_defaults: ClassVar[dict[str, Any]] = {}  # what `--option <task>.key=value` sets
 
     def __init__(self, options: TaskOptions) -> None:

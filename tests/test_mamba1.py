@@ -47,8 +47,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory):
     return model, directory
 
 
-def state_spaces_copy(hf_dir: Path, out: Path) -> Path:
-    """The same weights as mamba-ssm stores them: config with ssm_cfg, pytorch_model.bin."""
+def state_spaces_copy(hf_dir: Path, out: Path, vocab_size: int | None = None) -> Path:
+    """The same weights as mamba-ssm stores them: config with ssm_cfg, pytorch_model.bin, the
+    embedding padded to a multiple of 8 rows beyond `vocab_size` (default: all rows)."""
     from safetensors.torch import load_file
 
     hf = json.loads((hf_dir / "config.json").read_text())
@@ -60,7 +61,7 @@ def state_spaces_copy(hf_dir: Path, out: Path) -> Path:
     config = {
         "d_model": hf["hidden_size"],
         "n_layer": hf["num_hidden_layers"],
-        "vocab_size": hf["vocab_size"],
+        "vocab_size": vocab_size or hf["vocab_size"],
         "ssm_cfg": {"d_state": hf["state_size"], "dt_rank": hf["time_step_rank"]},
         "rms_norm": True,
         "residual_in_fp32": True,
@@ -133,3 +134,79 @@ def test_wrong_checkpoints_are_named(reference, tmp_path: Path) -> None:
     (bad / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
     with pytest.raises(CheckpointError, match="do not match"):
         load_mamba1(bad)
+
+
+def test_a_local_mamba1_checkpoint_runs_every_task_it_serves(reference, tmp_path: Path) -> None:
+    """A state-spaces Mamba-1 folder with a byte tokenizer: detected as mamba1 by its config,
+    evaluated through `harness run` like any model (passkey, perplexity)."""
+    import pyarrow.dataset as ds
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from harness.cli import main
+    from harness.models.tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(4)
+    config = MambaConfig(
+        vocab_size=264,  # the 257 tokens, padded to a multiple of 8
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=1,
+        time_step_rank=2,
+    )
+    hf_dir = tmp_path / "hf"
+    MambaForCausalLM(config).save_pretrained(hf_dir)
+    directory = state_spaces_copy(hf_dir, tmp_path / "mamba1-bytes", len(tokenizer))
+    tokenizer.save_pretrained(directory)
+    out = tmp_path / "results"
+    code = main(["run", "--models", str(directory), "--tasks", "passkey,perplexity",
+                 "--lengths", "300", "--samples", "1", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    for table in ("passkey", "perplexity"):
+        rows = ds.dataset(out / table, partitioning="hive").to_table().to_pylist()
+        assert rows and {r["family"] for r in rows} == {"mamba1"}
+        assert {r["status"] for r in rows} == {"ok"}
+        assert rows[0]["state_size"] == 1 * 32 * 4  # layers x d_inner x d_state
+
+
+@pytest.mark.parametrize(
+    ("config", "family"),
+    [
+        ({"model_type": "mamba", "hidden_size": 8}, "mamba1"),
+        ({"model_type": "mamba2"}, "mamba2"),
+        ({"d_model": 8, "n_layer": 2, "ssm_cfg": {}}, "mamba1"),
+        ({"d_model": 8, "n_layer": 2, "ssm_cfg": {"layer": "Mamba2"}}, "mamba2"),
+        ({"model_type": "gpt2", "n_layer": 2, "n_embd": 8}, "transformer"),  # has n_layer too
+        ({"model_type": "gpt_neox"}, "transformer"),
+    ],
+)
+def test_family_from_the_checkpoint_itself(config: dict, family: str) -> None:
+    from harness.models.loading import family_of
+
+    assert family_of(config) == family
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"d_model": 8, "n_layer": 2, "ssm_cfg": {"layer": "Mamba3"}}, "Mamba3"),
+        ({"model_type": "rwkv6"}, "RWKV"),
+        ({"hidden": 8}, "names no model family"),
+    ],
+)
+def test_unknown_families_are_refused_naming_what_was_found(config: dict, message: str) -> None:
+    from harness.models.loading import ModelError, family_of
+
+    with pytest.raises(ModelError, match=message):
+        family_of(config)
+
+
+def test_peer_sets_expand_to_matching_models() -> None:
+    from harness.plan import parse_models
+
+    models = parse_models("pile-160m")
+    assert [(m.name, m.family) for m in models] == [
+        ("pythia-160m", "transformer"),
+        ("mamba-130m", "mamba1"),
+        ("mamba2-130m", "mamba2"),
+    ]

@@ -61,6 +61,6 @@ def harness_tokenizer(ref: str) -> PreTrainedTokenizerBase:
         return byte_tokenizer()
     if source.spec is not None:
         return hub_tokenizer(source.spec.tokenizer)
-    if source.family == "mamba2":
+    if source.family != "transformer":  # state-spaces checkpoints ship no tokenizer
         return load_tokenizer(source.path, NEOX_TOKENIZER)
     return hub_tokenizer(str(source.path or source.repo))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from harness.models.catalog import FAMILIES
+
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
     from harness.models.mamba2.hooks import Hooks
@@ -72,7 +74,7 @@ class Mitigation(ABC):
 class NoMitigation(Mitigation):
     name = "none"
     description = "the model as trained, no change"
-    families = frozenset({"mamba2", "transformer"})
+    families = FAMILIES
 
     def hooks(self, model: LanguageModel) -> None:
         return None

@@ -33,7 +33,7 @@ class ModelInfo:
 
     name: str  # display name, also the `model=` partition of results/
     ref: str  # catalog name, local path or hub id, as given
-    family: str  # "mamba2" | "transformer"
+    family: str  # "mamba1" | "mamba2" | "transformer"
     params: int  # parameter count
     state_size: int | None  # recurrent state elements over all layers (None for transformers)
     train_context: int  # tokens

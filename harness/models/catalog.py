@@ -1,16 +1,20 @@
 """The models the harness knows by name, with the facts result rows and fits need.
 
 Sizes follow paper-notes.md section 1: public Mamba-2 checkpoints have headdim 64,
-d_state 128, expand 2, so a layer holds 256 * d_model state elements. Both families were
-trained on the Pile (300B tokens) with the GPT-NeoX-20B tokenizer at 2048 tokens.
+d_state 128, expand 2, so a layer holds 256 * d_model state elements; Mamba-1 checkpoints
+have d_state 16, expand 2, so a layer holds 32 * d_model. All three families were trained on
+the Pile (300B tokens) with the GPT-NeoX-20B tokenizer at 2048 tokens, which makes the peer
+sets (`pile-160m` ...) data- and tokenizer-matched comparisons.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+FAMILIES = frozenset({"mamba1", "mamba2", "transformer"})  # every family the harness runs
 NEOX_TOKENIZER = "EleutherAI/gpt-neox-20b"
 
+MAMBA1_CONTEXT_SOURCE = "2048: Gu & Dao 2023 (Mamba), Pile training at sequence length 2048"
 MAMBA2_CONTEXT_SOURCE = (
     "2048: Buitrago-Ruiz & Gu 2025; Stuffed Mamba's figures draw 8K (open discrepancy)"
 )
@@ -20,7 +24,7 @@ PYTHIA_CONTEXT_SOURCE = "2048: Biderman et al. 2023 (Pythia), config max_positio
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "mamba2" | "transformer"
+    family: str  # "mamba1" | "mamba2" | "transformer"
     repo: str  # hub id of the checkpoint
     tokenizer: str  # hub id of the tokenizer
     params: int
@@ -44,6 +48,23 @@ def mamba2_params(d_model: int, n_layer: int, vocab: int = 50288, d_state: int =
         + conv_dim  # depthwise conv weight and bias
         + 3 * nheads  # dt_bias, A_log, D
         + d_inner  # gated RMSNorm
+        + d_inner * d_model  # out_proj
+    )
+    return vocab * d_model + n_layer * (mixer + d_model) + d_model
+
+
+def mamba1_params(d_model: int, n_layer: int, vocab: int = 50280, d_state: int = 16) -> int:
+    """Parameters of a public Mamba-1 shape (expand 2, conv 4, dt_rank d_model / 16, tied head)."""
+    d_inner, rank = 2 * d_model, -(-d_model // 16)
+    mixer = (
+        d_model * 2 * d_inner  # in_proj -> [x, z]
+        + d_inner * 4
+        + d_inner  # depthwise conv weight and bias
+        + d_inner * (rank + 2 * d_state)  # x_proj -> [dt, B, C]
+        + rank * d_inner
+        + d_inner  # dt_proj with bias
+        + d_inner * d_state
+        + d_inner  # A_log, D
         + d_inner * d_model  # out_proj
     )
     return vocab * d_model + n_layer * (mixer + d_model) + d_model
@@ -73,6 +94,24 @@ def _mamba2(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
     )
 
 
+def _mamba1(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"mamba-{size}",
+        family="mamba1",
+        repo=f"state-spaces/mamba-{size}",
+        tokenizer=NEOX_TOKENIZER,
+        params=mamba1_params(d_model, n_layer),
+        d_model=d_model,
+        n_layer=n_layer,
+        state_size=n_layer * 32 * d_model,
+        train_context=2048,
+        train_context_source=MAMBA1_CONTEXT_SOURCE,
+        checkpoint_format="state-spaces (config.json + pytorch_model.bin, fp32)",
+        peer=peer,
+        description=f"Mamba-1 {size}, {n_layer} layers, d_model {d_model}, Pile 300B",
+    )
+
+
 def _pythia(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
     return ModelSpec(
         name=f"pythia-{size}",
@@ -99,10 +138,25 @@ CATALOG: dict[str, ModelSpec] = {
         _mamba2("780m", 1536, 48, "pythia-1b"),
         _mamba2("1.3b", 2048, 48, "pythia-1.4b"),
         _mamba2("2.7b", 2560, 64, "pythia-2.8b"),
+        _mamba1("130m", 768, 24, "pythia-160m"),
+        _mamba1("370m", 1024, 48, "pythia-410m"),
+        _mamba1("790m", 1536, 48, "pythia-1b"),
+        _mamba1("1.4b", 2048, 48, "pythia-1.4b"),
+        _mamba1("2.8b", 2560, 64, "pythia-2.8b"),
         _pythia("160m", 768, 12, "mamba2-130m"),
         _pythia("410m", 1024, 24, "mamba2-370m"),
         _pythia("1b", 2048, 16, "mamba2-780m"),
         _pythia("1.4b", 2048, 24, "mamba2-1.3b"),
         _pythia("2.8b", 2560, 32, "mamba2-2.7b"),
     ]
+}
+
+# Named peer sets: models of matching size trained on the same data with the same tokenizer,
+# so that `--models pile-160m` compares the families on equal terms.
+PEER_SETS: dict[str, tuple[str, ...]] = {
+    "pile-160m": ("pythia-160m", "mamba-130m", "mamba2-130m"),
+    "pile-410m": ("pythia-410m", "mamba-370m", "mamba2-370m"),
+    "pile-1b": ("pythia-1b", "mamba-790m", "mamba2-780m"),
+    "pile-1.4b": ("pythia-1.4b", "mamba-1.4b", "mamba2-1.3b"),
+    "pile-2.8b": ("pythia-2.8b", "mamba-2.8b", "mamba2-2.7b"),
 }

@@ -33,18 +33,43 @@ class ModelError(ValueError):
 class ModelSource:
     ref: str  # as the user wrote it
     name: str  # display name, the `model=` partition of results/
-    family: str  # "mamba2" | "transformer"
+    family: str  # "mamba1" | "mamba2" | "transformer"
     config: dict  # config.json (empty for built-in tiny models)
     spec: ModelSpec | None = None  # catalog entry
     path: Path | None = None  # local checkpoint directory
     repo: str | None = None  # hub id
 
 
+# transformers' model_type of the recurrent families with an engine of ours
+MODEL_TYPES = {"mamba": "mamba1", "mamba2": "mamba2"}
+STATE_SPACES_LAYERS = {"Mamba1": "mamba1", "Mamba2": "mamba2"}  # mamba-ssm's ssm_cfg.layer
+
+
 def family_of(config: dict) -> str:
-    """mamba2 for state-spaces or transformers Mamba-2 configs, transformer otherwise."""
-    if config.get("model_type") == "mamba2" or "ssm_cfg" in config or "n_layer" in config:
-        return "mamba2"
-    return "transformer"
+    """The family a checkpoint's config.json describes, from its own fields.
+
+    transformers configs name their model_type (mamba, mamba2, or any causal LM: transformer);
+    mamba-ssm (state-spaces) configs have d_model, n_layer and ssm_cfg, whose "layer" is Mamba1
+    when absent. Anything else is refused, naming what was found."""
+    model_type = config.get("model_type")
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
+    if model_type is None and "d_model" in config and "n_layer" in config:
+        layer = (config.get("ssm_cfg") or {}).get("layer", "Mamba1")
+        if layer not in STATE_SPACES_LAYERS:
+            raise ModelError(
+                f"state-spaces config with ssm_cfg.layer {layer!r}: not a family the harness "
+                f"runs ({', '.join(STATE_SPACES_LAYERS)})"
+            )
+        return STATE_SPACES_LAYERS[layer]
+    if isinstance(model_type, str) and "rwkv" in model_type.lower():
+        raise ModelError(f"model_type {model_type!r}: RWKV checkpoints are not supported yet")
+    if isinstance(model_type, str):
+        return "transformer"  # any other transformers causal LM
+    raise ModelError(
+        "config.json names no model family: no model_type (transformers) and not a "
+        f"state-spaces Mamba config (d_model, n_layer); its keys: {sorted(config)[:12]}"
+    )
 
 
 def resolve(ref: str) -> ModelSource:
@@ -111,6 +136,8 @@ def load(source: ModelSource, device: str, dtype: torch.dtype, backend: str) -> 
         return TINY_MODELS[source.ref].build(device, dtype, backend)
     if source.family == "mamba2":
         return _load_mamba2(source, device, dtype, backend)
+    if source.family == "mamba1":
+        return _load_mamba1(source, device, dtype)
     return _load_transformer(source, device, dtype)
 
 
@@ -161,6 +188,18 @@ def _load_mamba2(
     backend = resolve_backend(backend, torch.device(device))
     info = _info(source, module, dtype, device, backend, module.config.state_size, "train_context")
     return Mamba2LM(module, tokenizer, info, backend=backend)
+
+
+def _load_mamba1(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
+    from harness.models.mamba1 import Mamba1LM, load_mamba1
+    from harness.models.tokenizer import load_tokenizer
+
+    module = load_mamba1(str(source.path or source.repo), device=device, dtype=dtype)
+    tokenizer = load_tokenizer(
+        source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER
+    )
+    info = _info(source, module, dtype, device, "torch", module.config.state_size, "train_context")
+    return Mamba1LM(module, tokenizer, info)
 
 
 def _load_transformer(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:

@@ -170,6 +170,11 @@ def load(ref: str) -> Trainable:
             f"{ref!r} is a built-in model with random weights; to train from scratch give "
             f"--model {'mamba2' if source.family == 'mamba2' else 'gpt-neox'}"
         )
+    if source.family not in ("mamba2", "transformer"):
+        raise ModelChoiceError(
+            f"{ref!r} is a {source.family} model; harness train continues mamba2 and gpt-neox "
+            "checkpoints"
+        )
     fallback = source.spec.tokenizer if source.spec else NEOX_TOKENIZER
     if source.family == "mamba2":
         from harness.models.mamba2 import load_mamba2
