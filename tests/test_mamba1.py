@@ -178,6 +178,7 @@ def test_a_local_mamba1_checkpoint_runs_every_task_it_serves(reference, tmp_path
         ({"d_model": 8, "n_layer": 2, "ssm_cfg": {"layer": "Mamba2"}}, "mamba2"),
         ({"model_type": "gpt2", "n_layer": 2, "n_embd": 8}, "transformer"),  # has n_layer too
         ({"model_type": "gpt_neox"}, "transformer"),
+        ({"model_type": "rwkv6"}, "rwkv6"),
     ],
 )
 def test_family_from_the_checkpoint_itself(config: dict, family: str) -> None:
@@ -190,7 +191,7 @@ def test_family_from_the_checkpoint_itself(config: dict, family: str) -> None:
     ("config", "message"),
     [
         ({"d_model": 8, "n_layer": 2, "ssm_cfg": {"layer": "Mamba3"}}, "Mamba3"),
-        ({"model_type": "rwkv6"}, "RWKV"),
+        ({"model_type": "rwkv"}, "only rwkv6 runs"),
         ({"hidden": 8}, "names no model family"),
     ],
 )

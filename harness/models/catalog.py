@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAMILIES = frozenset({"mamba1", "mamba2", "transformer"})  # every family the harness runs
+FAMILIES = frozenset({"mamba1", "mamba2", "rwkv6", "transformer"})  # every family the harness runs
 NEOX_TOKENIZER = "EleutherAI/gpt-neox-20b"
 
 MAMBA1_CONTEXT_SOURCE = "2048: Gu & Dao 2023 (Mamba), Pile training at sequence length 2048"
@@ -24,7 +24,7 @@ PYTHIA_CONTEXT_SOURCE = "2048: Biderman et al. 2023 (Pythia), config max_positio
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "mamba1" | "mamba2" | "transformer"
+    family: str  # "mamba1" | "mamba2" | "rwkv6" | "transformer"
     repo: str  # hub id of the checkpoint
     tokenizer: str  # hub id of the tokenizer
     params: int
@@ -112,6 +112,35 @@ def _mamba1(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
     )
 
 
+RWKV6_CONTEXT_SOURCE = "4096: BlinkDL's release names (RWKV-x060-World-*-ctx4096)"
+
+
+def rwkv6_params(d_model: int, n_layer: int, vocab: int = 65536, d_mix: int = 32) -> int:
+    """Parameters of an RWKV-6 shape: channel mix 3.5 C wide, decay LoRA rank 64, untied head."""
+    C, ffn = d_model, int(d_model * 3.5) // 32 * 32
+    time_mix = 5 * C * C + 6 * C + 2 * 5 * d_mix * C + C + 2 * 64 * C + C + 2 * C
+    channel_mix = 2 * C * ffn + C * C + 2 * C
+    return 2 * vocab * C + 4 * C + n_layer * (time_mix + channel_mix + 4 * C)
+
+
+def _rwkv6(size: str, repo: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"rwkv6-world-{size}",
+        family="rwkv6",
+        repo=repo,
+        tokenizer="RWKV World (rwkv_vocab_v20230424.txt, beside the checkpoint or in `rwkv`)",
+        params=rwkv6_params(d_model, n_layer),
+        d_model=d_model,
+        n_layer=n_layer,
+        state_size=n_layer * d_model * 64,  # H x N x N per layer, head size N = 64
+        train_context=4096,
+        train_context_source=RWKV6_CONTEXT_SOURCE,
+        checkpoint_format="Hugging Face conversion (config.json model_type rwkv6 + .bin)",
+        peer=peer,
+        description=f"RWKV-6 Finch World {size}, {n_layer} layers, d_model {d_model}, World v2.1",
+    )
+
+
 def _pythia(size: str, d_model: int, n_layer: int, peer: str) -> ModelSpec:
     return ModelSpec(
         name=f"pythia-{size}",
@@ -143,6 +172,8 @@ CATALOG: dict[str, ModelSpec] = {
         _mamba1("790m", 1536, 48, "pythia-1b"),
         _mamba1("1.4b", 2048, 48, "pythia-1.4b"),
         _mamba1("2.8b", 2560, 64, "pythia-2.8b"),
+        _rwkv6("1.6b", "RWKV/v6-Finch-1B6-HF", 2048, 24, "pythia-1.4b"),
+        _rwkv6("3b", "RWKV/v6-Finch-3B-HF", 2560, 32, "pythia-2.8b"),
         _pythia("160m", 768, 12, "mamba2-130m"),
         _pythia("410m", 1024, 24, "mamba2-370m"),
         _pythia("1b", 2048, 16, "mamba2-780m"),

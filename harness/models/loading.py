@@ -33,7 +33,7 @@ class ModelError(ValueError):
 class ModelSource:
     ref: str  # as the user wrote it
     name: str  # display name, the `model=` partition of results/
-    family: str  # "mamba1" | "mamba2" | "transformer"
+    family: str  # "mamba1" | "mamba2" | "rwkv6" | "transformer"
     config: dict  # config.json (empty for built-in tiny models)
     spec: ModelSpec | None = None  # catalog entry
     path: Path | None = None  # local checkpoint directory
@@ -41,7 +41,7 @@ class ModelSource:
 
 
 # transformers' model_type of the recurrent families with an engine of ours
-MODEL_TYPES = {"mamba": "mamba1", "mamba2": "mamba2"}
+MODEL_TYPES = {"mamba": "mamba1", "mamba2": "mamba2", "rwkv6": "rwkv6"}
 STATE_SPACES_LAYERS = {"Mamba1": "mamba1", "Mamba2": "mamba2"}  # mamba-ssm's ssm_cfg.layer
 
 
@@ -63,7 +63,7 @@ def family_of(config: dict) -> str:
             )
         return STATE_SPACES_LAYERS[layer]
     if isinstance(model_type, str) and "rwkv" in model_type.lower():
-        raise ModelError(f"model_type {model_type!r}: RWKV checkpoints are not supported yet")
+        raise ModelError(f"model_type {model_type!r}: of the RWKV versions only rwkv6 runs")
     if isinstance(model_type, str):
         return "transformer"  # any other transformers causal LM
     raise ModelError(
@@ -98,6 +98,9 @@ def _resolve_local(ref: str, path: Path) -> ModelSource:
             f"unknown model {ref!r}: not a catalog name, an existing directory or a hub id "
             f"(owner/name).{hint} Known: {', '.join(known)}"
         )
+    blinkdl = _blinkdl_file(path)
+    if blinkdl is not None:
+        return ModelSource(ref=ref, name=blinkdl.stem, family="rwkv6", config={}, path=path)
     if not path.is_dir():
         raise ModelError(f"model path {ref!r} is a file; give the checkpoint directory")
     if not (path / "config.json").is_file():
@@ -108,6 +111,25 @@ def _resolve_local(ref: str, path: Path) -> ModelSource:
     return ModelSource(
         ref=ref, name=path.resolve().name, family=family_of(config), config=config, path=path
     )
+
+
+def _blinkdl_file(path: Path) -> Path | None:
+    """The RWKV-6 .pth file (BlinkDL's release format, no config.json) a path is or holds."""
+    if path.is_dir() and not (path / "config.json").exists():
+        found = list(path.glob("*.pth"))
+        path = found[0] if len(found) == 1 else path
+    if not (path.is_file() and path.suffix == ".pth"):
+        return None
+    try:  # the keys only: mmap reads no tensor data
+        keys = torch.load(path, map_location="cpu", mmap=True, weights_only=True).keys()
+    except Exception as err:
+        raise ModelError(f"{str(path)!r} is not a readable torch checkpoint: {err}") from None
+    if "blocks.0.att.time_maa_x" not in keys:
+        raise ModelError(
+            f"{str(path)!r} is a .pth file but not an RWKV-6 (BlinkDL) checkpoint; give a folder "
+            "with config.json for other models"
+        )
+    return path
 
 
 def _resolve_hub(ref: str) -> ModelSource:
@@ -138,6 +160,8 @@ def load(source: ModelSource, device: str, dtype: torch.dtype, backend: str) -> 
         return _load_mamba2(source, device, dtype, backend)
     if source.family == "mamba1":
         return _load_mamba1(source, device, dtype)
+    if source.family == "rwkv6":
+        return _load_rwkv6(source, device, dtype)
     return _load_transformer(source, device, dtype)
 
 
@@ -200,6 +224,16 @@ def _load_mamba1(source: ModelSource, device: str, dtype: torch.dtype) -> Langua
     )
     info = _info(source, module, dtype, device, "torch", module.config.state_size, "train_context")
     return Mamba1LM(module, tokenizer, info)
+
+
+def _load_rwkv6(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
+    from harness.models.rwkv6 import Rwkv6LM, checkpoint_path, load_rwkv6, world_tokenizer
+
+    path = checkpoint_path(source.path or source.repo)
+    module = load_rwkv6(_blinkdl_file(path) or path, device=device, dtype=dtype)
+    tokenizer = world_tokenizer(path if path.is_dir() else path.parent)
+    info = _info(source, module, dtype, device, "torch", module.config.state_size, "context_length")
+    return Rwkv6LM(module, tokenizer, info)
 
 
 def _load_transformer(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
