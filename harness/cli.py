@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness import registry
+from harness import identity, registry
 from harness.executors import EXECUTORS, executor_class
 from harness.executors.base import ExecutorSettings
 from harness.executors.driver import Driver, Report, detach
@@ -234,6 +234,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
             f"`harness status --out {args.out}` shows its progress"
         )
         return 0
+    for warning in identity.clashes(args.out, plan.models):
+        print(f"harness: warning: {warning}", file=sys.stderr)
     report = driver.run()
     if report.interrupted:
         console.print(
@@ -246,7 +248,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
             f"{len(report.lost)} units missing (their worker was lost); "
             "rerun the same command to run them"
         )
-    return 1 if report.failed or report.lost else 0
+    return 1 if report.failed or report.lost or report.problems else 0
 
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -326,9 +328,13 @@ def print_report(report: Report) -> None:
             f"{o.unit.task.name} {o.unit.params}: {o.message}",
             markup=False,
         )
+    manifest = f"manifest {report.manifest}" if report.manifest else "no manifest"
+    problems = f"; not recorded: {' | '.join(report.problems)}" if report.problems else ""
     console.print(
         f"{len(report.outcomes)} units run ({len(report.failed)} failed), "
-        f"{len(report.skipped)} already done; manifest {report.manifest}",
+        f"{len(report.skipped)} already done; {manifest}{problems}",
+        markup=False,
+        soft_wrap=True,
     )
 
 

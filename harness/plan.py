@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import registry
+from harness import identity, registry
 from harness.mitigations import parse_mitigation as parse_spec
 from harness.mitigations.base import Mitigation, MitigationError
 from harness.models.catalog import PEER_SETS
@@ -105,10 +105,11 @@ def parse_mitigation(spec: str) -> Mitigation:
 
 
 def parse_models(text: str) -> list[ModelSource]:
-    """Model references; a peer set name (catalog.PEER_SETS) stands for its members."""
+    """Model references, each resolved and identified by content (harness.identity); a peer
+    set name (catalog.PEER_SETS) stands for its members."""
     refs = [m for ref in _split(text, "models") for m in PEER_SETS.get(ref, (ref,))]
     try:
-        return [resolve(ref) for ref in dict.fromkeys(refs)]
+        return [identity.identify(resolve(ref)) for ref in dict.fromkeys(refs)]
     except ModelError as err:
         raise UsageError(str(err)) from None
 
@@ -130,24 +131,38 @@ def check_backend(backend: str, device: str) -> None:
 
 @dataclass(frozen=True)
 class Unit:
+    """One model x mitigation x task unit.
+
+    `id` identifies what the unit computes, by content: task, model identity, mitigation spec
+    and the identities of the files it reads, unit parameters, dtype; it never depends on
+    where the checkout or the model folder lives. `slot` names its part file: task, `model=`
+    name, mitigation spec, unit parameters and dtype, so a unit whose model (under a name
+    kept across versions: catalog, bundled) or mitigation file changed replaces its part
+    instead of adding rows beside it.
+    """
+
     task: Task
     model: ModelSource
     mitigation: Mitigation
     params: dict[str, Any]
     dtype: str
+    model_id: str = field(init=False)
+    inputs: dict[str, str] = field(init=False)  # mitigation input file -> content identity
     id: str = field(init=False)
+    slot: str = field(init=False)
 
     def __post_init__(self) -> None:
-        key = json.dumps(
-            [self.task.name, self.model_key, self.mitigation.spec, self.params, self.dtype],
-            sort_keys=True,
-        )
-        object.__setattr__(self, "id", hashlib.sha256(key.encode()).hexdigest()[:16])
+        model_id = self.model.id or identity.model_identity(self.model)
+        inputs = identity.input_identities(self.mitigation)
+        what = [self.task.name, self.mitigation.spec, self.params, self.dtype]
+        object.__setattr__(self, "model_id", model_id)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "id", _digest([*what, model_id, inputs]))
+        object.__setattr__(self, "slot", _digest([*what, self.model.name]))
 
-    @property
-    def model_key(self) -> str:
-        """What identifies the model: its name, or the absolute path of a local checkpoint."""
-        return str(self.model.path.resolve()) if self.model.path else self.model.name
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 The model is loaded once; for each mitigation its units run in order (per task, ascending
 length) and each finished unit is written as one Parquet part. A unit that fails at run time
-(out of memory, non-finite values, any exception) becomes a row with that status and its
-message; the other units go on. An out-of-memory unit whose task has a `chunk` setting is
-run once more with half the chunk before it is recorded as `oom`. Units whose part already
-exists with every row ok are skipped, so an interrupted or retried job resumes where it
-stopped. With `stop_after_fails` K, once K consecutive lengths of a (model, mitigation,
-task) series score at or below chance (Task.at_chance), its longer lengths are recorded as
-`skipped` with the reason. Each job writes its own worker manifest.
+(out of memory, non-finite values, any exception, a part that cannot be written: disk full,
+read-only, permissions) becomes a row with that status and its message, or, where even that
+row cannot be written, a problem the driver names; the other units go on. An out-of-memory
+unit whose task has a `chunk` setting is run once more with half the chunk before it is
+recorded as `oom`. Units whose part already exists with every row ok and of the unit's id
+(its content identity: harness.plan.Unit) are skipped, so an interrupted or retried job
+resumes where it stopped. With `stop_after_fails` K, once K consecutive lengths of a (model,
+mitigation, task) series score at or below chance (Task.at_chance), its longer lengths are
+recorded as `skipped` with the reason. Each job writes its own worker manifest.
 
 The driver (harness.executors) builds the plan, packs units into jobs, hands them to an
 executor and writes the cross-model rows and the run manifest; this module never sees more
@@ -78,6 +80,7 @@ class Outcome:
     message: str
     summary: str
     at_chance: bool = False  # the task judged the unit's score at or below chance
+    recorded: bool = True  # False: not even its failure row could be written (message says)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class JobResult:
     outcomes: list[Outcome]  # units this job ran (or skipped by the early stop)
     done_before: list[Unit]  # units already done when the job reached them
     worker: dict[str, Any]  # the worker's manifest (also written under runs/<run id>/)
+    problems: list[str] = field(default_factory=list)  # what could not be written, and why
 
 
 class Progress(Protocol):
@@ -151,15 +155,18 @@ def device_name(device: str) -> str:
 
 
 def part_of(out: Path, unit: Unit) -> Path:
-    return results.part_path(out, unit.task.table, unit.model.name, unit.mitigation.spec, unit.id)
+    return results.part_path(out, unit.task.table, unit.model.name, unit.mitigation.spec, unit.slot)
 
 
-def part_state(path: Path, run_id: str | None = None) -> str | None:
+def part_state(path: Path, unit_id: str, run_id: str | None = None) -> str | None:
     """ "ok" when every row of the unit's part is ok, "skipped" when every row is skipped,
-    None when it must run (missing, unreadable, failed; with `run_id`, written by another run)."""
+    None when it must run (missing, unreadable, failed, of another unit id: its model or
+    mitigation inputs changed; with `run_id`, written by another run)."""
     try:
-        table = pq.read_table(path, columns=["status", "run_id"])
-    except (pa.ArrowInvalid, OSError):
+        table = pq.read_table(path, columns=["status", "run_id", "unit_id"])
+    except (pa.ArrowInvalid, OSError, KeyError):
+        return None
+    if set(table.column("unit_id").to_pylist()) != {unit_id}:
         return None
     if run_id is not None and set(table.column("run_id").to_pylist()) != {run_id}:
         return None
@@ -215,7 +222,7 @@ def pending(units: Sequence[Unit], config: RunConfig, run_id: str | None = None)
         count = Series(config.stop_after_fails)
         for unit in series:
             path = part_of(config.out, unit)
-            state = part_state(path, run_id)
+            state = part_state(path, unit.id, run_id)
             if state == "ok":
                 if count.limit is not None:
                     count.record(unit, verdict_of(path, unit))
@@ -248,8 +255,12 @@ class JobRunner:
             outcomes += self._run_series(list(series))
         self.model = None
         worker = self._manifest(outcomes, started)
-        results.write_manifest(self.config.out, f"{self.job.run_id}/{self.job.id}", worker)
-        return JobResult(self.job.id, outcomes, self.done_before, worker)
+        problems = [o.message for o in outcomes if not o.recorded]
+        try:
+            results.write_manifest(self.config.out, f"{self.job.run_id}/{self.job.id}", worker)
+        except OSError as err:
+            problems.append(f"worker manifest {self.job.id} ({type(err).__name__}: {err})")
+        return JobResult(self.job.id, outcomes, self.done_before, worker, problems)
 
     def _run_series(self, units: list[Unit]) -> list[Outcome]:
         """Units of one (model, mitigation, task) in order; the early stop acts here."""
@@ -258,7 +269,7 @@ class JobRunner:
         outcomes = []
         for unit in units:
             path = part_of(self.config.out, unit)
-            state = part_state(path, run_id)
+            state = part_state(path, unit.id, run_id)
             if state == "ok" or (state == SKIPPED and count.stopped):
                 self.done_before.append(unit)
                 if state == "ok" and count.limit is not None:
@@ -308,7 +319,10 @@ class JobRunner:
             return self._fail(unit, model, err)
         common = self._common(unit, model, "ok", message)
         table = [{**common, **row} for row in rows]
-        results.write_part(part_of(self.config.out, unit), table, self._schema(unit))
+        try:
+            results.write_part(part_of(self.config.out, unit), table, self._schema(unit))
+        except OSError as err:
+            return self._fail(unit, model, err)
         self.progress.finish(unit)
         summary = unit.task.summary(rows)
         return Outcome(unit, "ok", message, summary, at_chance=unit.task.at_chance(rows))
@@ -335,16 +349,25 @@ class JobRunner:
         status, message = classify(err), f"{type(err).__name__}: {err}"
         if status == "oom":
             _free_memory()
-        row = self._common(unit, model, status, message)
-        results.write_part(part_of(self.config.out, unit), [row], self._schema(unit))
-        self.progress.finish(unit)
-        return Outcome(unit, status, message, "")
+        return self._status_row(unit, model, status, message)
 
     def _skip(self, unit: Unit, model: LanguageModel, message: str) -> Outcome:
-        row = self._common(unit, model, SKIPPED, message)
-        results.write_part(part_of(self.config.out, unit), [row], self._schema(unit))
+        return self._status_row(unit, model, SKIPPED, message)
+
+    def _status_row(
+        self, unit: Unit, model: LanguageModel | None, status: str, message: str
+    ) -> Outcome:
+        """The unit's part as one row of that status; when even that cannot be written, an
+        outcome saying so (the driver names it in the run's last line)."""
+        row = self._common(unit, model, status, message)
         self.progress.finish(unit)
-        return Outcome(unit, SKIPPED, message, "")
+        try:
+            results.write_part(part_of(self.config.out, unit), [row], self._schema(unit))
+        except OSError as err:
+            where = f"{unit.model.name} {unit.mitigation.spec} {unit.task.name} {unit.params}"
+            message = f"{where}: {message}; not recorded ({type(err).__name__})"
+            return Outcome(unit, status, message, "", recorded=False)
+        return Outcome(unit, status, message, "")
 
     def _schema(self, unit: Unit) -> pa.Schema:
         return pa.unify_schemas([results.COMMON, unit.task.schema])
@@ -359,6 +382,7 @@ class JobRunner:
             "run_id": self.job.run_id,
             "task": unit.task.name,
             "model_ref": unit.model.ref,
+            "model_id": unit.model_id,
             "family": unit.model.family,
             "params": info.params if info else (spec.params if spec else None),
             "state_size": info.state_size if info else (spec.state_size if spec else None),

@@ -57,7 +57,8 @@ def run(neox_dir: Path, out: Path, *extra: str) -> int:
 def test_run_writes_parts_that_read_as_one_table(neox_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     assert run(neox_dir, out) == 0
-    parts = sorted(out.glob("passkey/model=neox-tiny/mitigation=none/part-*.parquet"))
+    [folder] = out.glob("passkey/model=neox-tiny@*")
+    parts = sorted(folder.glob("mitigation=none/part-*.parquet"))
     assert len(parts) == 2
     table = pq.read_table(out / "passkey").to_pylist()
     assert set(table[0]) >= PASSKEY_COLUMNS
@@ -65,10 +66,12 @@ def test_run_writes_parts_that_read_as_one_table(neox_dir: Path, tmp_path: Path)
     assert sorted({r["length"] for r in table}) == [512, 600]
     assert all(r["length"] - 3 <= r["tokens"] <= r["length"] for r in table)
     assert all(r["beyond_context"] == (r["tokens"] > 512) for r in table)
-    assert {r["model"] for r in table} == {"neox-tiny"}
+    [model_id] = {r["model_id"] for r in table}
+    assert {r["model"] for r in table} == {f"neox-tiny@{model_id[:8]}"} == {folder.name[6:]}
     manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert manifest["config"]["dtype"] == "float32" and manifest["versions"]["torch"]
     assert manifest["units"]["run"] == 2 and manifest["wall_time_s"] > 0
+    assert manifest["config"]["models"][0]["model_id"] == model_id
 
 
 def test_rerun_of_a_finished_command_writes_nothing(neox_dir: Path, tmp_path: Path) -> None:
@@ -209,7 +212,8 @@ def test_same_prompts_and_keys_across_models(neox_dir: Path, tmp_path: Path) -> 
     rows = read_table(out, "passkey").to_pylist()
     by_model = {}
     for r in rows:
-        by_model.setdefault(r["model"], []).append((r["sample"], r["key"], r["depth"], r["tokens"]))
+        name = r["model"].split("@")[0]
+        by_model.setdefault(name, []).append((r["sample"], r["key"], r["depth"], r["tokens"]))
     assert sorted(by_model["neox-tiny"]) == sorted(by_model["tiny-pythia"])
 
 
@@ -222,6 +226,8 @@ def test_cross_model_rows_are_written_beside_the_units(tmp_path: Path) -> None:
     rows = read_table(out, "state_capacity").to_pylist()
     fits = [r for r in rows if r["model"] == "_combined"]
     assert {r["kind"] for r in fits} == {"fit-forget", "fit-recall"}
+    assert {r["model_id"] for r in fits} == {None}
+    assert {r["model_id"] for r in rows if r["model"] == "tiny-mamba2"} != {None}
     assert {r["mitigation"] for r in fits} == {"none"}
     assert all(
         r["fit_points"] <= 1 and r["fit_a"] is None and "distinct state sizes" in r["fit_note"]

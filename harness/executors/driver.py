@@ -60,6 +60,7 @@ class Report:
     lost: list[Unit] = field(default_factory=list)  # units of lost jobs left without a part
     interrupted: bool = False
     done_now: int = 0  # units finished by this run (parts written), lost jobs included
+    problems: list[str] = field(default_factory=list)  # what could not be written, and why
 
     @property
     def failed(self) -> list[Outcome]:
@@ -184,7 +185,7 @@ class Driver:
             return report
         started = time.time()
         results.remove_stale_temporaries(self.config.out)
-        self._write_manifest(report, started, "running")
+        self._try_manifest(report, started, "running")
         executor = executor_class(self.settings.name)(self.settings)
         bar = Bar(self.todo)
         watch = PartWatch(self.config.out, self.todo)
@@ -206,10 +207,24 @@ class Driver:
         place = {u.id: i for i, u in enumerate(self.plan.units)}
         report.outcomes.sort(key=lambda o: place[o.unit.id])
         if not report.interrupted:
-            self._write_combined()
+            try:
+                self._write_combined()
+            except (OSError, pa.ArrowInvalid) as err:
+                report.problems.append(f"cross-model rows ({type(err).__name__}: {err})")
         state = "interrupted" if report.interrupted else "finished"
-        report.manifest = self._write_manifest(report, started, state)
+        report.manifest = self._try_manifest(report, started, state)
         return report
+
+    def _try_manifest(self, report: Report, started: float, state: str) -> Path | None:
+        """The run manifest written, or None with the reason among the report's problems
+        (once: the start and the end of a run on an unwritable folder fail alike)."""
+        try:
+            return self._write_manifest(report, started, state)
+        except OSError as err:
+            problem = f"run manifest ({type(err).__name__}: {err})"
+            if problem not in report.problems:
+                report.problems.append(problem)
+            return None
 
     def _collect(self, report: Report, finished: Finished, bar: Bar) -> None:
         job = finished.job
@@ -222,6 +237,7 @@ class Driver:
             ]
         else:
             report.outcomes += finished.result.outcomes
+            report.problems += finished.result.problems
             self.workers[job.id] = finished.result.worker
         for unit in job.units:
             if finished.result is not None or _written_by(self.config.out, unit, job.run_id):
@@ -239,6 +255,7 @@ class Driver:
                     "unit_id": COMBINED,
                     "run_id": self.run_id,
                     "task": task.name,
+                    "model_id": None,
                     "mitigation_name": mitigation.split(":")[0],
                     "status": "ok",
                     "message": "",
@@ -264,15 +281,20 @@ class Driver:
         artifacts: dict[str, Any] = {}
         for worker in self.workers.values():
             artifacts |= worker["mitigation_artifacts"]
+        ids = {u.model.ref: u.model_id for u in self.plan.units}
         manifest = {
             "run_id": self.run_id,
             "state": state,  # running | finished | interrupted
             "command": config.command,
             "config": {
                 "models": [
-                    {"ref": m.ref, "name": m.name, "family": m.family} for m in self.plan.models
+                    {"ref": m.ref, "name": m.name, "family": m.family, "model_id": ids.get(m.ref)}
+                    for m in self.plan.models
                 ],
                 "mitigations": [m.spec for m in self.plan.mitigations],
+                "mitigation_inputs": {
+                    u.mitigation.spec: u.inputs for u in self.plan.units if u.inputs
+                },
                 "tasks": {t.name: t.units() for t in self.plan.tasks},
                 "device": config.device,
                 "dtype": config.dtype,
@@ -317,6 +339,8 @@ class Driver:
 def _unit_entry(unit: Unit) -> dict[str, Any]:
     return {
         "unit_id": unit.id,
+        "slot": unit.slot,  # the part's name: part-<slot>.parquet
+        "model_id": unit.model_id,
         "table": unit.task.table,
         "task": unit.task.name,
         "model": unit.model.name,

@@ -34,13 +34,15 @@ def last_run(out: Path) -> dict[str, Any]:
 
 def unit_status(out: Path, unit: dict[str, Any]) -> tuple[str, str]:
     """(done | skipped | failed | missing, the failure's status and message)."""
-    path = results.part_path(out, unit["table"], unit["model"], unit["mitigation"], unit["unit_id"])
+    path = results.part_path(out, unit["table"], unit["model"], unit["mitigation"], unit["slot"])
     try:
-        table = pq.read_table(path, columns=["status", "message"])
+        table = pq.read_table(path, columns=["status", "message", "unit_id"])
     except FileNotFoundError:
         return "missing", ""
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowInvalid, OSError, KeyError) as err:
         return "failed", f"unreadable part: {err}"
+    if set(table.column("unit_id").to_pylist()) != {unit["unit_id"]}:
+        return "missing", ""  # the part of an earlier model or mitigation input
     statuses = set(table.column("status").to_pylist())
     if statuses == {"ok"}:
         return "done", ""

@@ -70,6 +70,11 @@ class Mitigation(ABC):
         """JSON-serialisable data needed to reproduce the run (e.g. calibrated thresholds)."""
         return {}
 
+    def input_files(self) -> list[str]:
+        """Files this mitigation reads, as written in its spec: their content is part of
+        the identity of its results (harness.identity)."""
+        return []
+
 
 class NoMitigation(Mitigation):
     name = "none"

@@ -72,6 +72,9 @@ class Composite(Mitigation):
     def artifacts(self) -> dict[str, Any]:
         return {part.name: found for part in self.parts if (found := part.artifacts())}
 
+    def input_files(self) -> list[str]:
+        return [path for part in self.parts for path in part.input_files()]
+
 
 def compose(parts: Sequence[Mitigation]) -> Mitigation:
     """One mitigation doing all of `parts` in order (the part itself when there is one)."""

@@ -87,6 +87,9 @@ class LayerScale(Mitigation):
     def artifacts(self) -> dict[str, Any]:
         return {"scales": self.scales} if self.scales is not None else {}
 
+    def input_files(self) -> list[str]:
+        return [self.params["file"]] if self.params["file"] else []
+
 
 class DtScale(LayerScale):
     name = "dt-scale"

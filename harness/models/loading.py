@@ -38,6 +38,7 @@ class ModelSource:
     spec: ModelSpec | None = None  # catalog entry
     path: Path | None = None  # local checkpoint directory
     repo: str | None = None  # hub id
+    id: str | None = None  # content identity, once harness.identity.identify has run
 
 
 # transformers' model_type of the recurrent families with an engine of ours

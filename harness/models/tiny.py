@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,6 +18,21 @@ from harness.models.base import LanguageModel, ModelInfo
 SEED = 0
 NOMINAL_CONTEXT = 1024
 CONTEXT_SOURCE = "nominal: random weights, never trained"
+# Construction settings (with SEED, what makes each model what it is: its identity).
+PYTHIA_SETTINGS: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 256,
+    "max_position_embeddings": NOMINAL_CONTEXT,
+}
+MAMBA2_SETTINGS: dict[str, Any] = {
+    "d_model": 64,
+    "n_layer": 2,
+    "d_state": 32,
+    "headdim": 16,
+    "chunk_size": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,7 @@ class TinyModel:
     family: str
     description: str
     build: Callable[[str, torch.dtype, str], LanguageModel]
+    settings: dict[str, Any]  # construction settings, seed included (harness.identity)
 
 
 def _info(
@@ -58,11 +75,7 @@ def build_tiny_pythia(device: str, dtype: torch.dtype, backend: str) -> Language
     tokenizer = byte_tokenizer()
     config = GPTNeoXConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=NOMINAL_CONTEXT,
+        **PYTHIA_SETTINGS,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
         attn_implementation="sdpa",
@@ -78,9 +91,7 @@ def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> Language
     from harness.models.tokenizer import byte_tokenizer
 
     tokenizer = byte_tokenizer()
-    config = Mamba2Config(
-        d_model=64, n_layer=2, vocab_size=len(tokenizer), d_state=32, headdim=16, chunk_size=64
-    )
+    config = Mamba2Config(vocab_size=len(tokenizer), **MAMBA2_SETTINGS)
     torch.manual_seed(SEED)
     module = Mamba2(config).to(device=device, dtype=dtype)
     backend = resolve_backend(backend, torch.device(device))
@@ -90,9 +101,15 @@ def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> Language
 
 TINY_MODELS: dict[str, TinyModel] = {
     "tiny-mamba2": TinyModel(
-        "mamba2", "Mamba-2, 2 layers, d_model 64, random (seed 0), bytes", build_tiny_mamba2
+        "mamba2",
+        "Mamba-2, 2 layers, d_model 64, random (seed 0), bytes",
+        build_tiny_mamba2,
+        {**MAMBA2_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
     ),
     "tiny-pythia": TinyModel(
-        "transformer", "GPT-NeoX, 2 layers, d_model 64, random (seed 0), bytes", build_tiny_pythia
+        "transformer",
+        "GPT-NeoX, 2 layers, d_model 64, random (seed 0), bytes",
+        build_tiny_pythia,
+        {**PYTHIA_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
     ),
 }

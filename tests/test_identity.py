@@ -1,0 +1,195 @@
+"""Models and mitigation inputs identified by content: unit ids, `model=` names, reruns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from harness import identity
+from harness.cli import main
+from harness.models.loading import resolve
+from harness.plan import Unit, parse_mitigation, parse_models
+from harness.results import read_table
+from tasks.base import TaskOptions
+from tasks.passkey import Passkey
+
+WEIGHTS = "model.safetensors"
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def perturb(folder: Path) -> None:
+    """New weights in place: one embedding row changed."""
+    tensors = load_file(folder / WEIGHTS)
+    name = next(k for k in tensors if "embed" in k)
+    tensors[name][0] += 1.0
+    save_file(tensors, folder / WEIGHTS, metadata={"format": "pt"})
+
+
+def units(models: str, mitigation: str = "none") -> list[Unit]:
+    task = Passkey(TaskOptions(lengths=(512,), samples=1))
+    return [
+        Unit(task, model, parse_mitigation(mitigation), params, "float32")
+        for model in parse_models(models)
+        for params in task.units()
+    ]
+
+
+def run(models: str, out: Path, *extra: str) -> int:
+    return main(["run", "--models", models, "--lengths", "512", "--samples", "1",
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+def test_a_copy_in_another_folder_has_the_same_identity_and_unit_ids(
+    neox_dir: Path, tmp_path: Path
+) -> None:
+    a = copy(neox_dir, tmp_path / "A" / "ckpt")
+    b = copy(neox_dir, tmp_path / "B" / "elsewhere")
+    [ua], [ub] = units(str(a)), units(str(b))
+    assert ua.model_id == ub.model_id and ua.id == ub.id
+    assert len(ua.model_id) == identity.LENGTH
+    assert ua.model.name == f"ckpt@{ua.model_id[: identity.SUFFIX]}"
+    assert ub.model.name == f"elsewhere@{ua.model_id[: identity.SUFFIX]}"
+
+
+def test_weights_config_and_tokenizer_each_change_the_identity(
+    neox_dir: Path, tmp_path: Path
+) -> None:
+    folder = copy(neox_dir, tmp_path / "ckpt")
+    seen = [identity.folder_identity(folder)]
+    perturb(folder)
+    seen.append(identity.folder_identity(folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-3}))
+    seen.append(identity.folder_identity(folder))
+    tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer, "model_max_length": 7}))
+    seen.append(identity.folder_identity(folder))
+    assert len(set(seen)) == 4
+    (folder / "MODEL_CARD.md").write_text("notes do not change what the model computes")
+    assert identity.folder_identity(folder) == seen[-1]
+
+
+def test_tiny_bundled_and_hub_models_keep_their_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_m, tiny_p, bundled = parse_models("tiny-mamba2,tiny-pythia,mamba2-bytes-512")
+    assert (tiny_m.name, tiny_p.name, bundled.name) == (
+        "tiny-mamba2",
+        "tiny-pythia",
+        "mamba2-bytes-512",
+    )
+    assert len({tiny_m.id, tiny_p.id, bundled.id}) == 3
+    assert bundled.id == identity.folder_identity(bundled.path)  # by its files
+    [catalog] = parse_models("mamba2-130m")
+    assert catalog.name == "mamba2-130m"
+    uncached = catalog.id
+    # A cached snapshot (the hub cache's layout): the identity takes its commit.
+    import huggingface_hub.constants
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--state-spaces--mamba2-130m"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert identity.hub_revision("state-spaces/mamba2-130m") == sha
+    [cached] = parse_models("mamba2-130m")
+    assert cached.id != uncached and cached.name == "mamba2-130m"
+
+
+def test_digests_come_from_the_cache_while_size_mtime_and_inode_match(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"one")
+    first = identity.CACHE.digest(path)
+    identity.CACHE.save()
+    stored = json.loads(identity.cache_file().read_text())["files"]
+    assert stored[str(path.resolve())]["sha256"] == first
+    # The cache is believed while the stat key matches (a planted digest is returned) ...
+    stored[str(path.resolve())]["sha256"] = "planted"
+    identity.cache_file().write_text(json.dumps({"version": 1, "files": stored}))
+    identity.CACHE.loaded_from = None
+    assert identity.CACHE.digest(path) == "planted"
+    # ... and not once the file changed.
+    path.write_bytes(b"two!")
+    assert identity.CACHE.digest(path) not in {"planted", first}
+
+
+def test_same_name_other_identity_slot_and_id() -> None:
+    """Under a name kept across versions, a changed model reuses the part file (slot) but
+    not the unit id, so the part is replaced instead of rows added beside it."""
+    [unit] = units("tiny-mamba2")
+    other = Unit(
+        unit.task, replace(unit.model, id="f" * 12), unit.mitigation, unit.params, "float32"
+    )
+    assert other.slot == unit.slot and other.id != unit.id
+
+
+def test_two_checkpoints_in_folders_of_one_name_are_two_models(
+    neox_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = copy(neox_dir, tmp_path / "A" / "ckpt")
+    b = copy(neox_dir, tmp_path / "B" / "ckpt")
+    perturb(b)
+    out = tmp_path / "results"
+    assert run(str(a), out) == 0
+    assert "identities" not in capsys.readouterr().err
+    assert run(str(b), out) == 0
+    err = capsys.readouterr().err
+    assert err.count("harness: warning: model name 'ckpt' has 2 identities") == 1
+    rows = read_table(out, "passkey").to_pylist()
+    by_model = {(r["model"], r["model_id"]) for r in rows}
+    assert len(by_model) == 2 and len({m for m, _ in by_model}) == 2
+    assert all(m == f"ckpt@{i[: identity.SUFFIX]}" for m, i in by_model)
+
+
+def test_changed_weights_run_again(neox_dir: Path, tmp_path: Path) -> None:
+    folder = copy(neox_dir, tmp_path / "ckpt")
+    out = tmp_path / "results"
+    assert run(str(folder), out) == 0
+    assert run(str(folder), out) == 0
+    assert len(read_table(out, "passkey")) == 1  # unchanged: nothing to do
+    perturb(folder)
+    assert run(str(folder), out) == 0
+    rows = read_table(out, "passkey").to_pylist()
+    assert len(rows) == 2 and len({r["model_id"] for r in rows}) == 2
+
+
+def test_changed_mitigation_file_runs_again_and_replaces_the_part(tmp_path: Path) -> None:
+    scales = tmp_path / "scales.json"
+    scales.write_text("[0.5, 0.5]")
+    spec = f"dt-scale:file={scales}"
+    out = tmp_path / "results"
+    assert run("tiny-mamba2", out, "--mitigations", spec) == 0
+    [before] = read_table(out, "passkey").to_pylist()
+    manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
+    [(recorded_spec, inputs)] = manifest["config"]["mitigation_inputs"].items()
+    assert inputs == {str(scales): identity.CACHE.digest(scales)[: identity.LENGTH]}
+    assert run("tiny-mamba2", out, "--mitigations", spec) == 0
+    assert len(list((out / "runs").glob("*.json"))) == 1  # nothing to do
+    scales.write_text("[0.25, 0.5]")
+    assert run("tiny-mamba2", out, "--mitigations", spec) == 0
+    [after] = read_table(out, "passkey").to_pylist()
+    assert after["unit_id"] != before["unit_id"] and after["run_id"] != before["run_id"]
+    assert len(list(out.rglob("part-*.parquet"))) == 1
+    assert recorded_spec == after["mitigation"]
+
+
+def test_unit_ids_do_not_depend_on_the_working_directory(
+    neox_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = copy(neox_dir, tmp_path / "ckpt")
+    [absolute] = units(str(folder))
+    monkeypatch.chdir(tmp_path)
+    [relative] = units("ckpt")
+    assert absolute.id == relative.id and absolute.slot == relative.slot
+    assert resolve("ckpt").name == "ckpt"  # resolving alone does not hash
