@@ -41,15 +41,18 @@ MODEL_FILES = (
     "*.safetensors.index.json",
     "pytorch_model*.bin",
     "pytorch_model*.bin.index.json",
+    "*.pth",  # RWKV-6 in BlinkDL's format
     "tokenizer.json",
     "tokenizer_config.json",
     "tokenizer.model",
     "special_tokens_map.json",
     "added_tokens.json",
     "vocab.json",
-    "vocab.txt",
+    "*vocab*.txt",  # vocab.txt, the RWKV World vocabulary
     "merges.txt",
 )
+# The tokenizer a family's loader falls back to when a checkpoint has none beside it.
+FALLBACK_TOKENIZER = {"rwkv6": "rwkv package World vocabulary"}
 
 
 def cache_file() -> Path:
@@ -116,18 +119,21 @@ def _hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:LENGTH]
 
 
-def model_files(folder: Path) -> list[Path]:
-    """The files of a checkpoint folder that determine its outputs, sorted by name."""
-    found = {p for pattern in MODEL_FILES for p in folder.glob(pattern) if p.is_file()}
+def model_files(path: Path) -> list[Path]:
+    """The files of a checkpoint folder that determine its outputs, sorted by name; for a
+    checkpoint given as one file (an RWKV .pth), that file and the vocabulary beside it."""
+    if path.is_file():
+        return sorted({path, *(p for p in path.parent.glob("*vocab*.txt") if p.is_file())})
+    found = {p for pattern in MODEL_FILES for p in path.glob(pattern) if p.is_file()}
     return sorted(found, key=lambda p: p.name)
 
 
 def folder_identity(folder: Path, tokenizer: str | None = None) -> str:
-    """A checkpoint folder by content; `tokenizer`: the hub id it falls back to when the
-    folder holds no tokenizer files."""
+    """A checkpoint folder (or single checkpoint file) by content; `tokenizer`: what its
+    loader falls back to when there are no tokenizer files beside it."""
     files = {p.name: CACHE.digest(p) for p in model_files(folder)}
     CACHE.save()
-    has_tokenizer = any(name.startswith(("tokenizer", "vocab")) for name in files)
+    has_tokenizer = any("tokenizer" in name or "vocab" in name for name in files)
     return _hash({"files": files, "tokenizer": None if has_tokenizer else tokenizer})
 
 
@@ -155,14 +161,17 @@ def model_identity(source: ModelSource) -> str:
     from harness.models.catalog import NEOX_TOKENIZER
     from harness.models.tiny import TINY_MODELS
 
-    fallback = source.spec.tokenizer if source.spec else NEOX_TOKENIZER
-    if source.path is not None:
-        return folder_identity(source.path, fallback if source.family == "mamba2" else None)
     if source.ref in TINY_MODELS:
         tiny = TINY_MODELS[source.ref]
         return tiny_identity(source.ref, tiny.family, tiny.settings)
+    # transformers checkpoints load their own tokenizer (none: the load fails, no fallback)
+    fallback = None if source.family == "transformer" else NEOX_TOKENIZER
+    fallback = FALLBACK_TOKENIZER.get(source.family, fallback)
+    fallback = source.spec.tokenizer if source.spec else fallback
+    if source.path is not None:
+        return folder_identity(source.path, fallback)
     assert source.repo is not None, f"model {source.ref!r} is neither local, tiny nor hub"
-    return hub_identity(source.repo, fallback if source.family == "mamba2" else None)
+    return hub_identity(source.repo, fallback)
 
 
 def identify(source: ModelSource) -> ModelSource:

@@ -78,6 +78,19 @@ def test_weights_config_and_tokenizer_each_change_the_identity(
     assert identity.folder_identity(folder) == seen[-1]
 
 
+def test_a_single_checkpoint_file_counts_with_the_vocabulary_beside_it(tmp_path: Path) -> None:
+    weights = tmp_path / "RWKV-x060-World-1B6.pth"
+    weights.write_bytes(b"weights")
+    (tmp_path / "notes.txt").write_text("not part of the model")
+    assert identity.model_files(weights) == [weights]
+    alone = identity.folder_identity(weights, "rwkv package World vocabulary")
+    (tmp_path / "rwkv_vocab_v20230424.txt").write_text("1 'a' 1")
+    assert identity.model_files(weights)[1].name == "rwkv_vocab_v20230424.txt"
+    beside = identity.folder_identity(weights, "rwkv package World vocabulary")
+    assert identity.folder_identity(tmp_path) == beside  # the folder holding it: the same
+    assert alone != beside
+
+
 def test_tiny_bundled_and_hub_models_keep_their_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
