@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import identity, registry
@@ -45,9 +47,10 @@ DEFAULT_SAMPLES = 4
 
 console = Console(stderr=True)
 SUMMARY_CAPTION = (
-    "passkey: correct/samples (mean log-probability of the key; chance for 5 digits is "
-    "about -11.5); perplexity: within the training context > beyond it. "
-    "Everything else is in the Parquet tables; `harness leaderboard` draws them."
+    "passkey L: keys retrieved/samples (mean log-probability of the key: near 0 is sure and "
+    "right, a uniform guess among 5-digit keys is -11.5, far below is confidently wrong). "
+    "perplexity L: within the training length / beyond it. The cliff: how these change past "
+    "each model's training length."
 )
 
 
@@ -320,7 +323,8 @@ def print_report(report: Report) -> None:
     for name in ("model", "mitigation", *columns):
         table.add_column(name, overflow="fold")
     for (model, mitigation), row in cells.items():
-        table.add_row(model, mitigation, *(row.get(c, "") for c in columns))
+        texts = (model, mitigation, *(row.get(c, "") for c in columns))
+        table.add_row(*(escape(text) for text in texts))  # names may hold [markup]
     Console(width=max(Console().width, 160)).print(table)
     for o in report.failed:
         console.print(
@@ -335,6 +339,17 @@ def print_report(report: Report) -> None:
         f"{len(report.skipped)} already done; {manifest}{problems}",
         markup=False,
         soft_wrap=True,
+    )
+    if report.manifest is not None:
+        console.print(leaderboard_hint(report.manifest.parent.parent), markup=False)
+
+
+def leaderboard_hint(out: Path) -> str:
+    """The command that draws a results folder (`out`) as a leaderboard, and where it lands."""
+    page = out / "leaderboard" / "index.html"
+    return (
+        f"leaderboard (every model against length / training length, tables, figures): "
+        f"harness leaderboard --results {shlex.quote(str(out))}, then open {page}"
     )
 
 

@@ -143,13 +143,14 @@ class Perplexity(Task):
         return rows
 
     def summary(self, rows: list[dict[str, Any]]) -> str:
-        """Perplexity within the training context, then beyond it (when the length reaches)."""
+        """Perplexity within the training context, then beyond it (when the length reaches):
+        '4.73 in / 5.07 beyond'."""
         parts = [
-            f"{perplexity(pooled_loss(group)):.3g}"
-            for beyond in (False, True)
+            f"{perplexity(pooled_loss(group)):.3g} {where}"
+            for beyond, where in ((False, "in"), (True, "beyond"))
             if (group := [r for r in rows if r["beyond_context"] == beyond])
         ]
-        return " > ".join(parts)
+        return " / ".join(parts)
 
 
 def pooled_loss(rows: list[dict[str, Any]]) -> float:

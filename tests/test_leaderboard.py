@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import html
+import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -14,15 +18,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from matplotlib.figure import Figure
 
+from harness.cli import main
 from harness.leaderboard.build import build
 from harness.leaderboard.cli import add_arguments, command
+from harness.leaderboard.figures import value_axis
 from harness.leaderboard.options import Options
-from harness.leaderboard.render import to_markdown
-from harness.leaderboard.tables import effective_length, head_norms, heads_to_draw
+from harness.leaderboard.render import to_csv, to_markdown
+from harness.leaderboard.tables import cliff_points, effective_length, head_norms, heads_to_draw
+from harness.leaderboard.write import write_leaderboard
 from harness.results import COMMON, part_path, write_manifest, write_part
 from tasks.passkey import Passkey, passkey_key
 from tasks.perplexity import Perplexity
@@ -301,7 +310,7 @@ def test_state_tables_feed_collapse_length_and_norm_curves(tmp_path: Path) -> No
     [plot] = board.plots["mamba2-130m"]
     assert plot.name == "state-norms" and plot.png.startswith(b"\x89PNG")
     assert plot.title == "state norm of the collapsing heads"
-    assert f"| {RRI} | mamba2 | 130M | 4.72M | 2K | none to 32K | 32K |" in to_markdown(board)
+    assert f"| {RRI} | ok | mamba2 | 130M | 4.72M | 2K | none to 32K | 32K |" in to_markdown(board)
 
 
 def test_heads_to_draw_follow_the_task_verdict_then_growth() -> None:
@@ -340,13 +349,17 @@ class PageCounter(HTMLParser):
             self._cell = None
         elif tag == "td" and self.table == "leaderboard" and self._cell is None:
             self._cell = []
+            self.first_cells.append("")
         elif tag == "img" and (values.get("src") or "").startswith("data:image/png;base64,"):
             self.images += 1
 
     def handle_data(self, data: str) -> None:
-        if self._cell is not None and not self._cell:
-            self._cell.append(data)
-            self.first_cells.append(data)
+        if self._cell is not None and not self._cell:  # the first cell of a row, in pieces
+            self.first_cells[-1] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self._cell.append("done")
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
@@ -385,7 +398,7 @@ def test_html_page_in_a_headless_browser(results: Path, tmp_path: Path) -> None:
     counter = PageCounter()
     counter.feed(sorted_dom)
     assert counter.first_cells == ["pythia-160m", "mamba2-130m", "mamba2-130m"]
-    assert counter.images == 3  # mamba2-130m heatmap and loss curves, pythia-160m heatmap
+    assert counter.images == 4  # the length cliff; mamba2-130m heatmap and loss; pythia heatmap
     assert 'data-order="asc"' in sorted_dom  # the script ran and marked the sorted column
 
 
@@ -414,3 +427,274 @@ def test_cross_model_fits_get_their_own_section(tmp_path: Path) -> None:
     text = to_markdown(board)
     assert "## Fits against state size" in text
     assert "| none | fit-forget | 3 | a,b,c | 5 | -4 |  | 0.99 | 5.172 | -4.469 |" in text
+
+
+# --- issue 11: what a newcomer sees -------------------------------------------------------
+
+
+def identity_unit(root: Path, model: str, model_id: str | None, length: int, right: int) -> Path:
+    """A passkey unit whose rows carry a model_id, as harness.identity records it."""
+    params = {"depths": None, "length": length, "samples": 4, "seed": 0}
+    rows = [
+        {"length": length, "depth": (i + 0.5) / 4, "sample": i, "key": passkey_key(0, length, i),
+         "correct": i < right, "key_logprob": -1.0, "model_id": model_id}
+        for i in range(4)
+    ]  # fmt: skip
+    schema = pa.unify_schemas([Passkey.schema, pa.schema([("model_id", pa.string())])])
+    return write_unit(root, "passkey", schema, model, "none", params, rows)
+
+
+def test_model_that_never_ran_is_failed_not_length_0(results: Path, tmp_path: Path) -> None:
+    for length in (1024, 2048):
+        params = {"depths": None, "length": length, "samples": 10, "seed": 0}
+        write_unit(root := results, "passkey", Passkey.schema, "broken", "none", params, [],
+                   status="error")  # fmt: skip
+    board = build(root, Options())
+    broken = row(board.main, "broken", "none")
+    assert math.isnan(broken["effective_length"]) and broken["status"] == "failed"
+    assert broken["failed_units"] == 2
+    assert row(board.main, "mamba2-130m", RRI)["status"] == "partial"
+    assert row(board.main, "pythia-160m", "none")["status"] == "ok"
+    assert "broken" not in board.plots  # nothing to draw
+    assert "| broken | none | failed (2 failed) |" in to_markdown(board)
+    effective = [c for c in to_markdown(board).splitlines() if c.startswith("| broken |")]
+    assert effective[0].count("| failed |") == 1  # the effective length cell says failed
+    written = pd.read_csv(io.StringIO(to_csv(board)))
+    assert written.loc[written["model"] == "broken", "effective_length"].isna().all()
+
+
+def test_key_logprob_beside_accuracy(results: Path) -> None:
+    board = build(results, Options(), draw=False)
+    none = row(board.main, "mamba2-130m", "none")
+    assert none["logp_1K"] == pytest.approx(-0.01)
+    assert none["logp_4K"] == pytest.approx(0.9 * -0.01 + 0.1 * -9.0)
+    columns = list(board.main.columns)
+    assert columns[columns.index("acc_2K") : columns.index("acc_2K") + 3] == [
+        "acc_2K", "n_2K", "logp_2K",
+    ]  # fmt: skip
+    assert board.chance == pytest.approx(-5 * math.log(10))
+    header = to_markdown(board).split("| model |")[1].splitlines()[0]
+    assert "| passkey 1K | log p 1K | passkey 2K | log p 2K |" in header
+    assert "| 9/10 | -0.9 |" in to_markdown(board)
+
+
+def test_length_cliff_figure_has_every_model(results: Path, tmp_path: Path) -> None:
+    board = build(results, Options())
+    [cliff] = board.overview
+    assert cliff.name == "passkey-by-length" and cliff.png.startswith(b"\x89PNG")
+    contexts = pd.Series(
+        [2048.0, 2048.0, 1024.0],
+        index=pd.MultiIndex.from_tuples(
+            [("mamba2-130m", "none"), ("mamba2-130m", RRI), ("pythia-160m", "none")],
+            names=["model", "mitigation"],
+        ),
+    )
+    passkey = pd.read_parquet(results / "passkey")
+    points = cliff_points(passkey[passkey["status"] == "ok"], contexts)
+    assert len(points) == 9  # 3 rows x 3 lengths
+    pythia = points[points["model"] == "pythia-160m"].sort_values("ratio")
+    assert pythia["ratio"].tolist() == [1.0, 2.0, 4.0]
+    written = write_leaderboard(board, tmp_path / "board")
+    assert tmp_path / "board" / "figures" / "passkey-by-length.png" in written
+    assert "figures/passkey-by-length.png" in (tmp_path / "board" / "leaderboard.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("values", "log"),
+    [(218.6 + 1e-6 * np.sin(np.arange(60)), False), (np.geomspace(5, 5000, 20), True)],
+)
+def test_constant_curve_is_drawn_flat(values: np.ndarray, log: bool) -> None:
+    axis = Figure().add_subplot()
+    axis.plot(np.arange(len(values)), values)
+    value_axis(axis, values)
+    low, high = axis.get_ylim()
+    assert (axis.get_yscale() == "log") == log
+    if not log:  # the noise spans 1e-8 of the axis, not all of it
+        assert high - low >= 0.999 * 0.05 * values.mean()
+        assert low < values.min() and values.max() < high
+
+
+def test_one_figure_file_per_model_identity(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    for model in ("x y", "x_y"):
+        passkey_unit(root, model, "none", 1024, [True, False])
+    board = build(root, Options())
+    out = tmp_path / "board"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "gone-0000-passkey-heatmap.png").write_bytes(b"stale")
+    written = write_leaderboard(board, out)
+    heatmaps = sorted(p.name for p in (out / "figures").glob("*passkey-heatmap.png"))
+    assert len(heatmaps) == 2 and all(name.startswith("x_y-") for name in heatmaps)
+    assert {p.name for p in written} >= set(heatmaps)
+    assert not (out / "figures" / "gone-0000-passkey-heatmap.png").exists()
+
+
+def test_one_name_with_two_identities_is_shown_apart(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    identity_unit(root, "toy", "aaaaaaaa1111", 1024, 4)
+    identity_unit(root, "toy", "bbbbbbbb2222", 2048, 0)
+    identity_unit(root, "other", "cccccccc3333", 1024, 2)
+    board = build(root, Options())
+    assert sorted(board.main["model"]) == ["other", "toy@aaaaaaaa", "toy@bbbbbbbb"]
+    assert row(board.main, "toy@aaaaaaaa", "none")["acc_1K"] == 1.0
+    assert math.isnan(row(board.main, "toy@aaaaaaaa", "none").get("acc_2K"))
+    assert row(board.main, "toy@bbbbbbbb", "none")["model_id"] == "bbbbbbbb2222"
+    [warning] = board.warnings
+    assert "'toy' names 2 different checkpoints" in warning
+    assert "toy@aaaaaaaa, toy@bbbbbbbb" in warning
+    assert set(board.plots) == {"other", "toy@aaaaaaaa", "toy@bbbbbbbb"}
+
+
+def test_rows_without_identity_beside_rows_with_one_are_apart(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    passkey_unit(root, "toy", "none", 2048, [True] * 4)  # written before identities existed
+    identity_unit(root, "toy", "aaaaaaaa1111", 1024, 0)
+    board = build(root, Options(), draw=False)
+    assert sorted(board.main["model"]) == ["toy@aaaaaaaa", "toy@no-id"]
+    assert len(board.warnings) == 1
+
+
+HOSTILE = 'evil | <script>alert("x")</script> [link](http://x) *em*'
+
+
+def test_names_are_escaped_in_markdown_html_and_csv(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    passkey_unit(root, HOSTILE, '=HYPERLINK("http://x")', 1024, [True, False])
+    passkey_unit(root, "@sum", "+1", 1024, [True, False])
+    passkey_unit(root, "-2", "none", 1024, [False, False])
+    board = build(root, Options())
+    out = tmp_path / "board"
+    write_leaderboard(board, out)
+    markdown = (out / "leaderboard.md").read_text()
+    assert "<script>" not in markdown and not re.search(r"(?<!\\)\]\(http", markdown)
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table[: 2 + len(board.main)]}
+    assert len(cells) == 1  # no name adds a column
+    assert "\\<script\\>" in markdown and "evil \\| " in markdown
+    page = (out / "index.html").read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
+    with open(out / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cells = {(r["model"], r["mitigation"]) for r in rows}
+    assert (HOSTILE, '\'=HYPERLINK("http://x")') in cells
+    assert ("'@sum", "'+1") in cells and ("'-2", "none") in cells
+    assert {r["logp_1K"] for r in rows} >= {"-4.505"}  # numbers keep their sign
+
+
+def browser_page(out: Path, checker: str) -> str:
+    """index.html with an error recorder first in <head> and `checker` run after the page's
+    own script; the results land in <body data-errors data-checked>."""
+    recorder = (
+        "<script>window.pageErrors = []; addEventListener('error', "
+        "(e) => pageErrors.push(String(e.message)));</script>"
+    )
+    done = "<script>document.body.dataset.errors = JSON.stringify(pageErrors);</script>"
+    page = (out / "index.html").read_text()
+    page = page.replace("<head>", "<head>" + recorder, 1)
+    page = page.replace("</body>", f"<script>{checker}</script>{done}</body>", 1)
+    path = out / "checked.html"
+    path.write_text(page)
+    return path.as_uri()
+
+
+SORT_EVERY_COLUMN = """
+const problems = [];
+for (const table of document.querySelectorAll("table.sortable")) {
+  const headers = Array.from(table.tHead.rows[0].cells);
+  headers.forEach((th, column) => {
+    for (const pass of [1, 2]) {
+      try { th.click(); } catch (error) { problems.push("click threw " + error); }
+      const ascending = th.dataset.order === "asc";
+      const keys = Array.from(table.tBodies[0].rows).map((row) => {
+        const cell = row.cells[column];
+        const text = (cell.dataset.sort ?? cell.textContent).trim();
+        return text === "" ? null : Number.isNaN(Number(text)) ? text : Number(text);
+      });
+      const blanks = keys.findIndex((k) => k === null);
+      if (blanks >= 0 && keys.slice(blanks).some((k) => k !== null))
+        problems.push(table.id + " " + th.textContent + ": a blank before a value");
+      const numbers = keys.filter((k) => typeof k === "number");
+      for (let i = 1; i < numbers.length; i++)
+        if (ascending ? numbers[i] < numbers[i - 1] : numbers[i] > numbers[i - 1])
+          problems.push(table.id + " " + th.textContent + " pass " + pass + ": out of order");
+    }
+  });
+}
+document.body.dataset.checked = JSON.stringify(problems);
+"""
+
+MEASURE = """
+const widest = document.documentElement.scrollWidth;
+const titles = Array.from(document.querySelectorAll("#leaderboard td.name"), (td) => td.title);
+document.body.dataset.checked = JSON.stringify({ widest, inner: innerWidth, titles });
+"""
+
+
+def body_data(dom: str, name: str) -> Any:
+    found = re.search(rf'<body[^>]*\bdata-{name}="([^"]*)"', dom)
+    assert found, f"no data-{name} on <body>: the checker did not run"
+    return json.loads(html.unescape(found[1]))
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="chromium is not installed (apt-get install -y chromium)",
+)
+def test_sorting_every_column_twice_never_throws(results: Path, tmp_path: Path) -> None:
+    """Mixed numbers and blanks (a failed row, a missing length), every table of the page, each
+    header clicked twice; and a malformed #sort address."""
+    write_unit(results, "passkey", Passkey.schema, "broken", "none",
+               {"length": 1024, "samples": 10, "seed": 0}, [], status="error")  # fmt: skip
+    perplexity_unit(results, "mamba2-130m", "none", 8192, [[1.0, 1.0, 2.0, 3.0, 5.0, 6, 7, 8]])
+    out = tmp_path / "board"
+    assert run_cli("--results", str(results), "--out", str(out)) == 0
+    page = browser_page(out, SORT_EVERY_COLUMN)
+    for address, profile in ((page, "p1"), (page + "#sort=%E0%A4%A", "p2")):
+        dom = chromium("--dump-dom", address, profile=tmp_path / profile).stdout
+        assert body_data(dom, "errors") == []
+        assert body_data(dom, "checked") == []
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="chromium is not installed (apt-get install -y chromium)",
+)
+def test_main_table_fits_a_laptop_screen(tmp_path: Path) -> None:
+    """1366 px wide: long mitigation specs and model names wrap, their full text on hover."""
+    root = tmp_path / "results"
+    long_spec = "state-norm:calib=newline:k=128:mult=1.0+window:r=4096"
+    long_model = "/data/checkpoints/mamba2-bytes-512-tbptt-2k-continued-from-step-12000"
+    for model in (long_model, "mamba2-bytes-512"):
+        for mitigation in ("none", "rri:a=0.9999:b=0.75", long_spec):
+            for length in (512, 2048, 8192):
+                passkey_unit(root, model, mitigation, length, [True, False, False, True])
+            perplexity_unit(root, model, mitigation, 8192, [[1.0, 1.0, 2.0, 3.0, 5.0, 6, 7, 8]])
+    out = tmp_path / "board"
+    assert run_cli("--results", str(root), "--out", str(out)) == 0
+    page = browser_page(out, MEASURE)
+    dom = chromium("--window-size=1366,768", "--dump-dom", page, profile=tmp_path / "p").stdout
+    measured = body_data(dom, "checked")
+    assert measured["inner"] == 1366
+    assert measured["widest"] <= measured["inner"], "the page scrolls sideways at 1366 px"
+    assert long_spec in measured["titles"] and long_model in measured["titles"]
+
+
+def test_run_summary_reads_right_and_points_at_the_leaderboard(
+    neox_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Perplexity as 'x in / y beyond' (not 'x > y'), the key log-probability beside each
+    passkey count, names printed as they are (no rich markup), and the leaderboard command."""
+    model = tmp_path / "[bold]neox"
+    shutil.copytree(neox_dir, model)
+    out = tmp_path / "results"
+    argv = ["run", "--models", str(model), "--tasks", "passkey,perplexity", "--lengths", "600",
+            "--samples", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "[bold]neox" in text
+    assert re.search(r"\d/2 \(-?\d+\.\d\)", text)  # correct/samples (mean key logprob)
+    assert re.search(r"\d\S* in / \d\S* beyond", text) and " > " not in text
+    command = f"harness leaderboard --results {out}"
+    assert command in " ".join(text.split())  # the console may wrap the line
+    assert run_cli("--results", str(out)) == 0  # the command it names works

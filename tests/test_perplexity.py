@@ -69,7 +69,7 @@ def test_rows_count_each_target_once_and_flag_beyond_context(pythia: LanguageMod
         for group in ([r for r in rows if not r["beyond_context"]],
                       [r for r in rows if r["beyond_context"]])
     )  # fmt: skip
-    assert task.summary(rows) == f"{inside:.3g} > {beyond:.3g}"
+    assert task.summary(rows) == f"{inside:.3g} in / {beyond:.3g} beyond"
 
 
 @pytest.mark.parametrize("name", ["pythia", "mamba2"])

@@ -26,6 +26,7 @@ from harness.leaderboard.columns import (
 )
 from harness.leaderboard.conflicts import resolve
 from harness.leaderboard.figures import Plot
+from harness.leaderboard.identities import label_models
 from harness.leaderboard.load import load_results
 from harness.leaderboard.options import Options
 
@@ -38,7 +39,9 @@ class Leaderboard:
     failures: pd.DataFrame  # one row per unit with status != ok
     fits: pd.DataFrame  # cross-model rows (state-capacity fits), FIT_COLUMNS
     plots: dict[str, list[Plot]]  # model -> its figures
+    overview: list[Plot]  # figures of every model together (the passkey length cliff)
     warnings: list[str]
+    chance: float = math.nan  # key log-probability of a uniform guess (NaN: no passkey keys)
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -46,33 +49,37 @@ def build(root: Path, options: Options, draw: bool = True) -> Leaderboard:
     """The leaderboard of every result under `root` (NoResultsError when there is none);
     without `draw`, the tables only."""
     results = load_results(root)
-    warnings = list(results.problems)
+    labelled = label_models(results.tables)
+    warnings = [*results.problems, *labelled.warnings]
     resolved = {}
-    for name, frame in results.tables.items():
+    for name, frame in labelled.tables.items():
         if name in CELLS:
             outcome = resolve(frame, name)
             resolved[name] = outcome.rows
             warnings += outcome.warnings
-    everything = list(results.tables.values())
+    everything = list(labelled.tables.values())
     facts = tables.first_valid(everything, FACTS)
     contexts = tables.train_contexts(facts)
-    failed = tables.failures(results.tables)
+    failed = tables.failures(labelled.tables)
     behind_numbers = tables.provenance(resolved.values(), results.device_names)
     warnings += tables.mixed_dtypes(behind_numbers)
     every_unit = tables.provenance(everything, results.device_names)  # rows whose units all failed
     provenance = pd.concat([behind_numbers, every_unit]).drop_duplicates(list(ROW))
     columns = [
         facts,
-        *sections(resolved, results.tables, contexts, options, warnings),
-        tables.failure_counts(failed),
+        *sections(resolved, labelled.tables, contexts, options, warnings),
+        tables.row_status(labelled.tables, failed),
         provenance,
     ]
     main = tables.main_table(tables.row_keys(everything), columns)
     models = main[MODEL].unique() if draw else []
     plots = {model: model_plots(model, resolved, contexts) for model in models}
+    overview = overview_plots(resolved, contexts, warnings) if draw else []
     fits = results.combined.reindex(columns=list(FIT_COLUMNS))
     drawn = {m: p for m, p in plots.items() if p}
-    return Leaderboard(root, options, main, failed, fits, drawn, warnings)
+    passkey = resolved.get(PASSKEY.table)
+    chance = tables.chance_logprob(passkey) if passkey is not None else math.nan
+    return Leaderboard(root, options, main, failed, fits, drawn, overview, warnings, chance)
 
 
 def sections(
@@ -124,6 +131,27 @@ def perplexity_losses(
 def model_context(contexts: pd.Series, model: str) -> float:
     own = contexts[contexts.index.get_level_values(MODEL) == model].dropna()
     return float(own.iloc[0]) if len(own) else math.nan
+
+
+def overview_plots(
+    resolved: dict[str, pd.DataFrame], contexts: pd.Series, warnings: list[str]
+) -> list[Plot]:
+    """Passkey accuracy and key log-probability of every model against length over its
+    training length, when the passkey table has results."""
+    passkey = resolved.get(PASSKEY.table)
+    if passkey is None or not len(passkey) or PASSKEY.correct not in passkey.columns:
+        return []
+    points = tables.cliff_points(passkey, contexts)
+    left_out = sorted(set(passkey[MODEL]) - set(points[MODEL]))
+    if left_out:
+        warnings.append(
+            "passkey by length over the training length: left out "
+            + ", ".join(left_out)
+            + " (training length unknown)"
+        )
+    if not len(points):
+        return []
+    return [figures.length_cliff(points, tables.chance_logprob(passkey))]
 
 
 def model_plots(model: str, resolved: dict[str, pd.DataFrame], contexts: pd.Series) -> list[Plot]:

@@ -64,7 +64,7 @@ def command(args: argparse.Namespace) -> int:
     # pandas and matplotlib load here, not when `harness` builds its parser for other commands
     from harness.leaderboard.build import build
     from harness.leaderboard.load import NoResultsError
-    from harness.leaderboard.render import write_leaderboard
+    from harness.leaderboard.write import write_leaderboard
 
     try:
         board = build(args.results, Options(args.threshold, tuple(args.positions)))

@@ -30,6 +30,7 @@ DEVICE = "device"
 VERSION = "harness_version"
 COMMIT = "git_commit"
 CREATED = "created_at"
+MODEL_ID = "model_id"  # content identity of the model (harness.identity); absent in older parts
 FAMILY = "family"
 PARAMS = "params"
 STATE_SIZE = "state_size"
@@ -47,6 +48,8 @@ class Passkey:
     length: str = "length"  # target prompt length in tokens; also the key in unit_params
     depth: str = "depth"  # 0 = needle first, 1 = needle last
     correct: str = "correct"
+    key: str = "key"  # the digits to retrieve: its length sets the chance log-probability
+    key_logprob: str = "key_logprob"  # log-probability of the key under teacher forcing
 
 
 @dataclass(frozen=True)

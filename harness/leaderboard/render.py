@@ -1,31 +1,47 @@
-"""The leaderboard as files: leaderboard.md, leaderboard.csv, index.html and figures/*.png.
+"""The leaderboard's texts: cell formatting, leaderboard.md and leaderboard.csv (index.html is
+page.py's, write.py writes them all with the figures).
 
-The CSV keeps raw numbers (acc_<L> and n_<L> side by side); Markdown and HTML show formatted
-text. index.html is self-contained: inline CSS, a few lines of JS that sort the table when a
-header is clicked (or on load, from '#sort=<column>:asc' or ':desc'), figures embedded as
-base64 PNG; it loads nothing from the network.
+The CSV keeps raw numbers (acc_<L>, n_<L> and logp_<L> side by side, provenance last);
+Markdown and HTML show formatted text, the provenance in a table of its own. Every text a
+result can carry (a model name, a mitigation spec, a message) is escaped for its format:
+Markdown punctuation and HTML in leaderboard.md, HTML in index.html (page.py), and in the CSV
+a text cell that a spreadsheet would run as a formula (starting with = + - @, a tab or a
+carriage return) gets a leading apostrophe.
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import hashlib
+import math
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 
 from harness.leaderboard.build import Leaderboard
 from harness.leaderboard.columns import (
     FIT_COLUMNS,
+    MITIGATION,
+    MODEL,
+    MODEL_ID,
     PARAMS,
     STATE_CAPACITY,
     STATE_SIZE,
     TRAIN_CONTEXT,
 )
 from harness.leaderboard.figures import Plot
-from harness.leaderboard.tables import ACC, EFFECTIVE, N, token_label
+from harness.leaderboard.tables import (
+    ACC,
+    EFFECTIVE,
+    FAILED,
+    LOGP,
+    PASSKEY_N,
+    PROVENANCE,
+    ROW_STATUS,
+    N,
+    RowStatus,
+    token_label,
+)
 
 TOKEN_COLUMNS = {
     TRAIN_CONTEXT,
@@ -35,91 +51,88 @@ TOKEN_COLUMNS = {
     STATE_CAPACITY.recall_length,
 }
 COUNT_COLUMNS = {PARAMS, STATE_SIZE}
+HEADERS = {
+    TRAIN_CONTEXT: "trained at",
+    FAILED: "failed units",
+    MODEL_ID: "model id",
+    "ppl_documents": "ppl docs",
+}
 FAILURE_COLUMNS = ["table", "model", "mitigation", "status", "message", "unit_id", "run_id"]
 FITS_NOTE = (
     "From the state-capacity rows of every model, per mitigation: T_forget = a N_S + b and "
     "T_recall = b (a^N_S - 1) + c, T in K tokens, N_S in the paper's M state elements; "
     "paper_* are Stuffed Mamba's coefficients."
 )
-
-SCRIPT = """
-function sortTable(table, column, ascending) {
-  const key = (row) => {
-    const cell = row.cells[column];
-    const text = cell.dataset.sort ?? cell.textContent;
-    const number = Number(text);
-    return text === "" ? null : Number.isNaN(number) ? text : number;
-  };
-  const compare = (a, b) => {
-    const [x, y] = [key(a), key(b)];
-    if (x === null || y === null) return (x === null) - (y === null);
-    if (typeof x !== typeof y) return typeof x === "number" ? -1 : 1;
-    const order = x < y ? -1 : x > y ? 1 : 0;
-    return ascending ? order : -order;
-  };
-  const body = table.tBodies[0];
-  Array.from(body.rows).sort(compare).forEach((row) => body.appendChild(row));
-  for (const th of table.tHead.rows[0].cells) delete th.dataset.order;
-  table.tHead.rows[0].cells[column].dataset.order = ascending ? "asc" : "desc";
-}
-for (const table of document.querySelectorAll("table.sortable")) {
-  const headers = Array.from(table.tHead.rows[0].cells);
-  headers.forEach((th, column) =>
-    th.addEventListener("click", () => sortTable(table, column, th.dataset.order !== "asc")));
-  const wanted = decodeURIComponent(location.hash).match(/^#sort=([^:]+):?(asc|desc)?$/);
-  const column = wanted ? headers.findIndex((th) => th.dataset.column === wanted[1]) : -1;
-  if (column >= 0) sortTable(table, column, wanted[2] !== "desc");
-}
-"""
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 13px; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
-td:nth-child(-n+3) { text-align: left; }
-thead th { background: #f0f0f0; cursor: pointer; position: sticky; top: 0; }
-th[data-order="asc"]::after { content: " \\25B2"; }
-th[data-order="desc"]::after { content: " \\25BC"; }
-tbody tr:nth-child(even) { background: #fafafa; }
-.scroll { overflow-x: auto; }
-.warnings { background: #fff6e0; border: 1px solid #e0b040; padding: 0.5em 1em; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; }
-img { max-width: 100%; border: 1px solid #ddd; }
-"""
+PROVENANCE_NOTE = "Where the numbers of each row come from (every distinct value)."
+CLIFF_TITLE = "The length cliff: every model on one plot"
+SLUG_CHARACTERS = 60  # of a model name in a figure's file name (the hash keeps it unique)
+HASH_CHARACTERS = 8
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet runs as a formula
+# What can start Markdown or HTML inside a line: an underscore only beside a non-alphanumeric
+# (CommonMark never opens emphasis inside a word), so names and paths stay readable.
+MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def definitions(board: Leaderboard) -> list[str]:
     threshold = board.options.threshold
     return [
+        "status: ok, partial (some units failed) or failed (every unit of the row failed: "
+        "it has no numbers); the number of failed units in brackets, each listed under "
+        "Failed units.",
         f"effective length: the largest tested length L such that every length up to L that "
         f"was attempted has passkey accuracy >= {threshold:g}; a failed unit (oom, "
-        "nonfinite, error) counts as not passing; 0 when the shortest length fails.",
-        "acc L (n): passkey accuracy at L tokens, and the number of samples behind it.",
+        "nonfinite, error) counts as not passing; 0 when the shortest length fails; 'failed' "
+        "when no passkey unit of the row ran.",
+        "passkey L: samples whose greedy output held the key / samples, at L tokens; "
+        "log p L: the mean log-probability of the key under teacher forcing (a graded signal "
+        "while few keys are exact: a uniform guess among 5-digit keys is -11.5, far below it "
+        "is confidently wrong). In the page, green is better than chance, red worse.",
         "ppl mx: perplexity (token-weighted over documents) of the position bucket holding "
         "token m x the training length, from the longest unit of each source (named in the "
-        "column when there are several); ppl documents: the documents behind those numbers.",
+        "column when there are several); ppl docs: the documents behind those numbers.",
         "Rows with status other than ok are left out of every number and figure; they are "
         "counted in failed units and listed under Failed units.",
         "Settings (dtype, seed, unit parameters) are never mixed within one cell (model, "
         "mitigation and unit: a passkey length, a perplexity source and length): the newest "
         "setting is kept, the others are dropped and named under Warnings.",
+        "A model is one checkpoint: when one name has results of several checkpoints "
+        "(model_id), each is shown apart as name@id and named under Warnings.",
     ]
 
 
 def header(column: str) -> str:
     if column.startswith(ACC):
-        return f"acc {column[len(ACC) :]} (n)"
-    return column.replace("_", " ")
+        return f"passkey {column[len(ACC) :]}"
+    if column.startswith(LOGP):
+        return f"log p {column[len(LOGP) :]}"
+    return HEADERS.get(column, column.replace("_", " "))
 
 
 def shown_columns(main: pd.DataFrame) -> list[str]:
-    """Every column but those shown inside others: the n_<L> sample counts (in acc_<L>) and
-    how far a collapse was searched (in collapse_length)."""
+    """The main table's columns as shown: not the provenance (a table of its own), nor what
+    other cells show: the n_<L> sample counts (in acc_<L>), the passkey samples (their sum),
+    the failed units (in the status) and how far a collapse was searched (in
+    collapse_length)."""
+    hidden = {STATE_CAPACITY.searched_to, PASSKEY_N, *PROVENANCE, *documents(main)}
+    if ROW_STATUS in main.columns:
+        hidden.add(FAILED)  # shown in the status
     return [
         c
         for c in main.columns
-        if c != STATE_CAPACITY.searched_to and not (c.startswith(N) and ACC + c[len(N) :] in main)
+        if c not in hidden and not (c.startswith(N) and ACC + c[len(N) :] in main)
     ]
+
+
+def documents(main: pd.DataFrame) -> list[str]:
+    """The perplexity documents columns (ppl_documents, ppl_<source>_documents)."""
+    return [c for c in main.columns if c.startswith("ppl_") and c.endswith("_documents")]
+
+
+def provenance_columns(main: pd.DataFrame) -> list[str]:
+    """The provenance table's columns: the row, where its numbers come from, and how many
+    perplexity documents are behind them."""
+    found = [c for c in PROVENANCE if c in main.columns]
+    return [MODEL, MITIGATION, *documents(main), *found]
 
 
 def missing(value: object) -> bool:
@@ -138,11 +151,17 @@ def cell_text(row: pd.Series, column: str) -> str:
     searched = row.get(STATE_CAPACITY.searched_to)
     if column == STATE_CAPACITY.collapse_length and missing(value) and not missing(searched):
         return f"none to {token_label(float(searched))}"
+    if column == EFFECTIVE and missing(value) and row.get(ROW_STATUS) == RowStatus.FAILED:
+        return "failed"
     if missing(value):
         return ""
+    if column == ROW_STATUS and value != RowStatus.OK:
+        return f"{value} ({row.get(FAILED, 0):.0f} failed)"
     if column.startswith(ACC):
         samples = row.get(N + column[len(ACC) :])
-        return f"{value:.2f}" + ("" if missing(samples) else f" ({samples:.0f})")
+        return f"{value:.2f}" if missing(samples) else f"{value * samples:.0f}/{samples:.0f}"
+    if column.startswith(LOGP):
+        return f"{value:.1f}"
     if column in TOKEN_COLUMNS:
         return token_label(float(value))
     if column in COUNT_COLUMNS:
@@ -153,54 +172,99 @@ def cell_text(row: pd.Series, column: str) -> str:
 
 
 def sort_key(value: object) -> str:
-    """The raw number behind a cell, or its text; '' when empty (sorted last)."""
+    """The raw number behind a cell (as JavaScript's Number reads it), or its text; '' when
+    empty (sorted last)."""
     if missing(value):
         return ""
-    return repr(float(value)) if isinstance(value, int | float) else str(value)
+    if isinstance(value, int | float):
+        number = float(value)
+        return repr(number) if math.isfinite(number) else ("Infinity", "-Infinity")[number < 0]
+    return str(value)
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:SLUG_CHARACTERS]
 
 
-def figure_paths(board: Leaderboard) -> Iterator[tuple[str, Plot, str]]:
-    """(model, plot, path relative to the output folder) of every figure."""
+def figure_stem(model: str) -> str:
+    """A file-name-safe, readable stem unique to the exact model name: `x y` and `x_y` get
+    the same slug but not the same hash."""
+    digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{slug(model)}-{digest[:HASH_CHARACTERS]}"
+
+
+def figure_paths(board: Leaderboard) -> Iterator[tuple[str | None, Plot, str]]:
+    """(model, or None for the all-models figures; plot; path relative to the output folder)
+    of every figure."""
+    for plot in board.overview:
+        yield None, plot, f"figures/{plot.name}.png"
     for model, plots in board.plots.items():
         for plot in plots:
-            yield model, plot, f"figures/{slug(model)}-{plot.name}.png"
+            yield model, plot, f"figures/{figure_stem(model)}-{plot.name}.png"
+
+
+def csv_safe(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, with a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def to_csv(board: Leaderboard) -> str:
-    return board.main.to_csv(index=False)
+    main = board.main.copy()
+    for column in main.columns:
+        if not pd.api.types.is_numeric_dtype(main[column]):
+            main[column] = main[column].map(csv_safe)
+    return main.to_csv(index=False)
+
+
+def md_text(text: str) -> str:
+    """Text as Markdown shows it literally: punctuation backslash-escaped (so no HTML, link,
+    emphasis or table cell can start inside), newlines as spaces."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
 def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+        return "| " + " | ".join(md_text(c) for c in cells) + " |"
 
     return [line(columns), line(["---"] * len(columns)), *(line(r) for r in rows)]
 
 
+def main_cells(board: Leaderboard, columns: list[str]) -> list[list[str]]:
+    return [[cell_text(row, c) for c in columns] for _, row in board.main.iterrows()]
+
+
 def to_markdown(board: Leaderboard) -> str:
     columns = shown_columns(board.main)
-    rows = [[cell_text(row, c) for c in columns] for _, row in board.main.iterrows()]
     lines = [
         "# Leaderboard",
         "",
-        f"From `{board.source}`, built {board.created:%Y-%m-%d %H:%M} UTC; "
+        f"From {md_text(str(board.source))}, built {board.created:%Y-%m-%d %H:%M} UTC; "
         f"passkey threshold {board.options.threshold:g}.",
         "",
     ]
     if board.warnings:
-        lines += ["## Warnings", "", *(f"- {w}" for w in board.warnings), ""]
-    lines += [*markdown_table([header(c) for c in columns], rows), ""]
-    lines += ["## How to read it", "", *(f"- {d}" for d in definitions(board)), ""]
+        lines += ["## Warnings", "", *(f"- {md_text(w)}" for w in board.warnings), ""]
+    lines += [*markdown_table([header(c) for c in columns], main_cells(board, columns)), ""]
+    figures = list(figure_paths(board))
+    if board.overview:
+        lines += [f"## {CLIFF_TITLE}", ""]
+        lines += [f"![{md_text(p.title)}]({path})" for model, p, path in figures if model is None]
+        lines += [""]
+    lines += ["## How to read it", "", *(f"- {md_text(d)}" for d in definitions(board)), ""]
     current = None
-    for model, plot, path in figure_paths(board):
+    for model, plot, path in figures:
+        if model is None:
+            continue
         if model != current:
-            lines += [f"## {model}", ""]
+            lines += [f"## {md_text(model)}", ""]
             current = model
-        lines += [f"![{model}: {plot.title}]({path})", ""]
+        lines += [f"![{md_text(f'{model}: {plot.title}')}]({path})", ""]
+    provenance = provenance_columns(board.main)
+    lines += ["## Provenance", "", PROVENANCE_NOTE, ""]
+    lines += [*markdown_table([header(c) for c in provenance], plain_cells(board, provenance))]
+    lines += [""]
     if len(board.fits):
         lines += ["## Fits against state size", "", FITS_NOTE, ""]
         lines += [*markdown_table(list(FIT_COLUMNS), fit_cells(board)), ""]
@@ -209,38 +273,9 @@ def to_markdown(board: Leaderboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_table(board: Leaderboard) -> str:
-    columns = shown_columns(board.main)
-    head = "".join(
-        f'<th data-column="{html.escape(c)}">{html.escape(header(c))}</th>' for c in columns
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td data-sort="{html.escape(sort_key(row[c]))}">{html.escape(cell_text(row, c))}</td>'
-            for c in columns
-        )
-        + "</tr>\n"
-        for _, row in board.main.iterrows()
-    )
-    return (
-        f'<div class="scroll"><table class="sortable" id="leaderboard"><thead><tr>{head}</tr>'
-        f"</thead><tbody>\n{body}</tbody></table></div>"
-    )
-
-
-def html_figures(board: Leaderboard) -> str:
-    parts = []
-    for model, plots in board.plots.items():
-        parts.append(f"<h2>{html.escape(model)}</h2>")
-        for plot in plots:
-            data = base64.b64encode(plot.png).decode("ascii")
-            title = html.escape(f"{model}: {plot.title}")
-            parts.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{title}">'
-                f"<figcaption>{title}</figcaption></figure>"
-            )
-    return "\n".join(parts)
+def plain_cells(board: Leaderboard, columns: list[str]) -> list[list[str]]:
+    rows = board.main.reindex(columns=columns)
+    return [["" if missing(v) else str(v) for v in row] for row in rows.itertuples(index=False)]
 
 
 def failure_cells(board: Leaderboard) -> list[list[str]]:
@@ -253,70 +288,3 @@ def fit_cells(board: Leaderboard) -> list[list[str]]:
         ["" if missing(v) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
         for row in board.fits.itertuples(index=False)
     ]
-
-
-def html_section(
-    title: str, note: str, table_id: str, columns: list[str], cells: list[list[str]]
-) -> str:
-    """A titled, sortable table of plain cells; nothing when there are no rows."""
-    if not cells:
-        return ""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in cells
-    )
-    paragraph = f"<p>{html.escape(note)}</p>" if note else ""
-    return (
-        f'<h2>{html.escape(title)}</h2>{paragraph}<table class="sortable" id="{table_id}">'
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
-
-
-def to_html(board: Leaderboard) -> str:
-    warnings = ""
-    if board.warnings:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in board.warnings)
-        warnings = f'<section class="warnings"><h2>Warnings</h2><ul>{items}</ul></section>'
-    notes = "".join(f"<li>{html.escape(d)}</li>" for d in definitions(board))
-    source = html.escape(str(board.source))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Leaderboard</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<h1>Leaderboard</h1>
-<p>From <code>{source}</code>, built {board.created:%Y-%m-%d %H:%M} UTC; passkey threshold
-{board.options.threshold:g}. Click a column header to sort.</p>
-{warnings}
-{html_table(board)}
-<h2>How to read it</h2>
-<ul>{notes}</ul>
-{html_figures(board)}
-{html_section("Fits against state size", FITS_NOTE, "fits", list(FIT_COLUMNS), fit_cells(board))}
-{html_section("Failed units", "", "failures", FAILURE_COLUMNS, failure_cells(board))}
-<script>{SCRIPT}</script>
-</body>
-</html>
-"""
-
-
-def write_leaderboard(board: Leaderboard, out: Path) -> list[Path]:
-    """Write every output under `out`; return the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for _, plot, relative in figure_paths(board):
-        path = out / relative
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(plot.png)
-        written.append(path)
-    for name, text in (
-        ("leaderboard.md", to_markdown(board)),
-        ("leaderboard.csv", to_csv(board)),
-        ("index.html", to_html(board)),
-    ):
-        (out / name).write_text(text, encoding="utf-8")
-        written.append(out / name)
-    return written

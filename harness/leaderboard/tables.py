@@ -1,11 +1,14 @@
 """Aggregation: the leaderboard's numbers from the resolved rows of each table.
 
 Definitions (also printed under the table, see render.py):
-- Passkey accuracy at a length: the share of ok samples whose greedy output held the key.
+- Passkey accuracy at a length: the share of ok samples whose greedy output held the key;
+  beside it the mean log-probability of the key (teacher forcing), a graded signal.
 - Effective length (RULER style): going up the lengths attempted for a row (by ok or failed
   units), the last length before the first one that fails: accuracy below the threshold, or no
   ok result there (out of memory, non-finite, error). 0 when the shortest length fails; empty
-  when the row has no passkey results.
+  when the row has no ok passkey result (every passkey unit failed, or none ran).
+- Status of a row: ok, partial (some units failed) or failed (every unit failed: the row has
+  no number at all, it is not a model of effective length 0).
 - Perplexity at m x the training length: exp of the token-weighted mean loss, over documents,
   of the bucket holding token number p = round(m * train_context) (start < p <= end). Per
   source (newlines, a dataset...) only the longest unit counts; sources are never averaged.
@@ -34,6 +37,7 @@ from harness.leaderboard.columns import (
     MESSAGE,
     MITIGATION,
     MODEL,
+    MODEL_ID,
     OK,
     PASSKEY,
     PERPLEXITY,
@@ -49,15 +53,23 @@ from harness.leaderboard.columns import (
     VERSION,
 )
 
-ACC, N = "acc_", "n_"  # per-length passkey columns: acc_2K (accuracy), n_2K (samples)
+# per-length passkey columns: acc_2K (accuracy), n_2K (samples), logp_2K (mean key logprob)
+ACC, N, LOGP = "acc_", "n_", "logp_"
 EFFECTIVE = "effective_length"
 PASSKEY_N = "passkey_samples"
 FAILED = "failed_units"
+ROW_STATUS = "status"  # ok | partial | failed, see RowStatus
 RUN_DATE, RUN_IDS = "run_date", "run_ids"
-PROVENANCE = (DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_DATE, RUN_IDS)
+PROVENANCE = (MODEL_ID, DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_DATE, RUN_IDS)
 MAX_DEPTH_BINS = 10  # as the paper's heatmaps
 NORM_HEADS = 6  # state-norm curves drawn per model
 LARGEST_EXPONENT = 700.0  # exp() of more overflows a float: such a perplexity is infinite
+
+
+class RowStatus:
+    OK = "ok"  # every unit of the row ran
+    PARTIAL = "partial"  # some units failed, the others have numbers
+    FAILED = "failed"  # every unit failed: nothing to show but the failures
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,20 @@ def failure_counts(failed: pd.DataFrame) -> pd.DataFrame:
     return failed.groupby(list(ROW)).size().rename(FAILED).reset_index()
 
 
+def row_status(tables: dict[str, pd.DataFrame], failed: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, mitigation): its failed units and its RowStatus."""
+    keys = row_keys(tables.values())
+    ran = pd.concat([t.loc[t[STATUS] == OK, list(ROW)] for t in tables.values()])
+    ran = ran.drop_duplicates().assign(_ran=True)
+    frame = keys.merge(failure_counts(failed), on=list(ROW), how="left")
+    frame = frame.merge(ran, on=list(ROW), how="left")
+    frame[FAILED] = frame[FAILED].fillna(0).astype(int)
+    ok = frame["_ran"].notna().to_numpy()
+    status = np.where(frame[FAILED] > 0, RowStatus.PARTIAL, RowStatus.OK)
+    frame[ROW_STATUS] = np.where(ok, status, RowStatus.FAILED)
+    return frame[[*ROW, ROW_STATUS, FAILED]]
+
+
 def unit_length(unit_params: str | None) -> float:
     """The `length` of a unit's parameters (JSON), NaN when it has none."""
     try:
@@ -125,9 +151,23 @@ def unit_length(unit_params: str | None) -> float:
 
 
 def passkey_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
-    """(model, mitigation, length) -> accuracy, n."""
-    grouped = rows.groupby([*ROW, PASSKEY.length])[PASSKEY.correct]
-    return grouped.agg(accuracy="mean", n="size").reset_index()
+    """(model, mitigation, length) -> accuracy, n, and logprob (the mean key log-probability,
+    NaN when the table has none)."""
+    p = PASSKEY
+    frame = rows if p.key_logprob in rows.columns else rows.assign(**{p.key_logprob: math.nan})
+    grouped = frame.groupby([*ROW, p.length])
+    return grouped.agg(
+        accuracy=(p.correct, "mean"), n=(p.correct, "size"), logprob=(p.key_logprob, "mean")
+    ).reset_index()
+
+
+def chance_logprob(rows: pd.DataFrame) -> float:
+    """The log-probability of a uniform guess among keys of the table's key length (5 digits:
+    log 1e-5 = -11.5); NaN when the table does not record its keys."""
+    if PASSKEY.key not in rows.columns or not len(rows):
+        return math.nan
+    digits = rows[PASSKEY.key].dropna().astype(str).str.len()
+    return -float(digits.median()) * math.log(10) if len(digits) else math.nan
 
 
 def effective_length(accuracy: pd.Series, failed: Iterable[float], threshold: float) -> int:
@@ -141,7 +181,8 @@ def effective_length(accuracy: pd.Series, failed: Iterable[float], threshold: fl
 
 
 def passkey_columns(rows: pd.DataFrame, passkey: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Per (model, mitigation): effective length, sample count, acc_<L> and n_<L> per length.
+    """Per (model, mitigation): effective length (NaN without any ok result), sample count,
+    acc_<L>, n_<L> and logp_<L> per length.
 
     `rows`: the resolved ok rows; `passkey`: the whole table (its failed units count too).
     """
@@ -152,28 +193,44 @@ def passkey_columns(rows: pd.DataFrame, passkey: pd.DataFrame, threshold: float)
         key: group.set_index(PASSKEY.length)
         for key, group in passkey_accuracy(rows).groupby(list(ROW))
     }
-    empty = pd.DataFrame({"accuracy": [], "n": []})
+    empty = pd.DataFrame({"accuracy": [], "n": [], "logprob": []})
     records = []
     for key in sorted(accuracy.keys() | lost_lengths.keys()):
         by_length = accuracy.get(key, empty)
-        effective = effective_length(by_length["accuracy"], lost_lengths.get(key, ()), threshold)
+        effective = (
+            effective_length(by_length["accuracy"], lost_lengths.get(key, ()), threshold)
+            if len(by_length)
+            else math.nan  # every passkey unit failed: no length, not length 0
+        )
         record = {
             **dict(zip(ROW, key, strict=True)),
             EFFECTIVE: effective,
             PASSKEY_N: int(by_length["n"].sum()),
         }
-        for length, acc, n in by_length[["accuracy", "n"]].itertuples():
+        for length, acc, n, logprob in by_length[["accuracy", "n", "logprob"]].itertuples():
             record[ACC + token_label(length)] = acc
             record[N + token_label(length)] = n
+            record[LOGP + token_label(length)] = logprob
         records.append(record)
     return records_frame(records, [*ROW, EFFECTIVE, PASSKEY_N])
 
 
 def sort_length_columns(frame: pd.DataFrame) -> list[str]:
-    """acc_/n_ columns in increasing length, each accuracy beside its sample count."""
+    """acc_/n_/logp_ columns in increasing length, each accuracy beside its sample count and
+    key log-probability."""
     lengths = {c[len(ACC) :] for c in frame.columns if c.startswith(ACC)}
     ordered = sorted(lengths, key=_tokens)
-    return [c for label in ordered for c in (ACC + label, N + label)]
+    return [c for label in ordered for c in (ACC + label, N + label, LOGP + label) if c in frame]
+
+
+def cliff_points(rows: pd.DataFrame, contexts: pd.Series) -> pd.DataFrame:
+    """Per (model, mitigation, length) with a known training length: accuracy, n, logprob and
+    `ratio`, the length over the training length."""
+    points = passkey_accuracy(rows)
+    keys = pd.MultiIndex.from_frame(points[list(ROW)])
+    context = contexts.reindex(keys).to_numpy(dtype=float) if len(contexts) else math.nan
+    points = points.assign(ratio=points[PASSKEY.length].astype(float) / context)
+    return points[np.isfinite(points["ratio"])].reset_index(drop=True)
 
 
 def _tokens(label: str) -> float:
@@ -328,7 +385,7 @@ def _growth(head: pd.DataFrame, context: float) -> float:
 
 def provenance(frames: Iterable[pd.DataFrame], device_names: dict[str, str]) -> pd.DataFrame:
     """Per (model, mitigation): every dtype, seed, device, version, commit, run, latest date."""
-    columns = [RUN_ID, CREATED, DTYPE, SEED, DEVICE, VERSION, COMMIT]
+    columns = [RUN_ID, CREATED, MODEL_ID, DTYPE, SEED, DEVICE, VERSION, COMMIT]
     found = [f[[*ROW, *(c for c in columns if c in f.columns)]] for f in frames if len(f)]
     if not found:
         return pd.DataFrame(columns=[*ROW, *PROVENANCE])
@@ -344,7 +401,7 @@ def provenance(frames: Iterable[pd.DataFrame], device_names: dict[str, str]) -> 
         }
     )
     grouped = rows.groupby(list(ROW))
-    listed = grouped[[DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_IDS]].agg(_distinct)
+    listed = grouped[[MODEL_ID, DTYPE, SEED, DEVICE, VERSION, COMMIT, RUN_IDS]].agg(_distinct)
     return listed.join(grouped[RUN_DATE].max()).reset_index()[[*ROW, *PROVENANCE]]
 
 
@@ -392,6 +449,7 @@ def main_table(keys: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
         table[FAILED] = table[FAILED].fillna(0).astype(int)
     order = [
         *ROW,
+        *(c for c in (ROW_STATUS,) if c in table.columns),
         *(c for c in FACTS if c in table.columns),
         *(c for c in (EFFECTIVE, PASSKEY_N) if c in table.columns),
         *sort_length_columns(table),
