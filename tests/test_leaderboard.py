@@ -30,7 +30,13 @@ from harness.leaderboard.cli import add_arguments, command
 from harness.leaderboard.figures import value_axis
 from harness.leaderboard.options import Options
 from harness.leaderboard.render import to_csv, to_markdown
-from harness.leaderboard.tables import cliff_points, effective_length, head_norms, heads_to_draw
+from harness.leaderboard.tables import (
+    cliff_points,
+    effective_length,
+    head_norms,
+    heads_to_draw,
+    passkey_heatmaps,
+)
 from harness.leaderboard.write import write_leaderboard
 from harness.results import COMMON, part_path, write_manifest, write_part
 from tasks.passkey import Passkey, passkey_key
@@ -456,7 +462,7 @@ def test_model_that_never_ran_is_failed_not_length_0(results: Path, tmp_path: Pa
     assert row(board.main, "mamba2-130m", RRI)["status"] == "partial"
     assert row(board.main, "pythia-160m", "none")["status"] == "ok"
     assert "broken" not in board.plots  # nothing to draw
-    assert "| broken | none | failed (2 failed) |" in to_markdown(board)
+    assert "| broken | none | failed (2 units) |" in to_markdown(board)
     effective = [c for c in to_markdown(board).splitlines() if c.startswith("| broken |")]
     assert effective[0].count("| failed |") == 1  # the effective length cell says failed
     written = pd.read_csv(io.StringIO(to_csv(board)))
@@ -476,6 +482,12 @@ def test_key_logprob_beside_accuracy(results: Path) -> None:
     header = to_markdown(board).split("| model |")[1].splitlines()[0]
     assert "| passkey 1K | log p 1K | passkey 2K | log p 2K |" in header
     assert "| 9/10 | -0.9 |" in to_markdown(board)
+    passkey = pd.read_parquet(results / "passkey")
+    mamba = passkey[(passkey["model"] == "mamba2-130m") & (passkey["mitigation"] == "none")]
+    heatmap = passkey_heatmaps(mamba)["none"]
+    assert heatmap.logprob is not None  # printed under each cell's accuracy
+    assert heatmap.logprob.loc["90%-100%", 4096] == pytest.approx(-9.0)  # the one miss
+    assert heatmap.accuracy.loc["90%-100%", 4096] == 0.0
 
 
 def test_length_cliff_figure_has_every_model(results: Path, tmp_path: Path) -> None:

@@ -82,7 +82,8 @@ def value_axis(axis: Axes, values: pd.Series | np.ndarray) -> None:
 
 def passkey_heatmap(model: str, heatmaps: dict[str, Heatmap]) -> Plot:
     """Accuracy by needle depth (y, 0% at the top) and length (x), red to green, one panel
-    per mitigation titled with its sample count; grey where nothing was tested."""
+    per mitigation titled with its sample count; grey where nothing was tested. Each cell
+    prints its accuracy over the mean key log-probability."""
     figure, axes = panels(len(heatmaps), 4.6, 3.6)
     image = None
     for axis, (mitigation, heatmap) in zip(axes, heatmaps.items(), strict=True):
@@ -94,17 +95,23 @@ def passkey_heatmap(model: str, heatmaps: dict[str, Heatmap]) -> Plot:
         axis.set(xlabel="context length (tokens)", ylabel="needle depth")
         axis.set_title(f"{mitigation} ({heatmap.samples} samples)")
         if values.size <= ANNOTATE_CELLS:
-            annotate(axis, values)
+            logprob = heatmap.logprob
+            annotate(axis, values, None if logprob is None else logprob.to_numpy(dtype=float))
     figure.colorbar(image, ax=axes, label="passkey accuracy")
-    figure.suptitle(f"{model}: passkey accuracy by depth and length")
+    below = "" if all(h.logprob is None for h in heatmaps.values()) else " (below: key log p)"
+    figure.suptitle(f"{model}: passkey accuracy by depth and length{below}")
     return Plot("passkey-heatmap", "passkey accuracy by depth and length", to_png(figure))
 
 
-def annotate(axis: Axes, values: np.ndarray) -> None:
+def annotate(axis: Axes, values: np.ndarray, logprob: np.ndarray | None) -> None:
+    """Each tested cell's accuracy, and below it the mean key log-probability when given."""
     for (y, x), value in np.ndenumerate(values):
         if np.isfinite(value):
             color = "black" if 0.2 <= value <= 0.85 else "white"  # readable on the colour
-            axis.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+            text = f"{value:.2f}"
+            if logprob is not None and np.isfinite(logprob[y, x]):
+                text += f"\n{logprob[y, x]:.1f}"
+            axis.text(x, y, text, ha="center", va="center", fontsize=7, color=color)
 
 
 def loss_by_position(model: str, curves: pd.DataFrame, context: float) -> Plot:

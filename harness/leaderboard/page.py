@@ -1,8 +1,8 @@
 """index.html: one self-contained page (inline CSS, figures as base64 PNG, nothing loaded from
-the network) laid out for a laptop screen (1366x768): the main table's long names wrap, with
-the full text on hover; provenance has its own table. A few lines of JS sort a table when a
-header is clicked (or on load, from '#sort=<column>:asc' or ':desc'); whatever the cells or
-the address hold, sorting never throws.
+the network) laid out for a laptop screen (1366x768): the main table's long names wrap (a name
+longer than 40 characters loses its middle), with the full text on hover; provenance has its
+own table. A few lines of JS sort a table when a header is clicked (or on load, from
+'#sort=<column>:asc' or ':desc'); whatever the cells or the address hold, sorting never throws.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from harness.leaderboard.render import (
     shown_columns,
     sort_key,
 )
-from harness.leaderboard.tables import ACC, LOGP
+from harness.leaderboard.tables import ACC, LOGP, ROW_STATUS
 
 NAME_COLUMNS = (MODEL, MITIGATION)  # wrapped, the full text in a tooltip
+LONGEST_NAME = 40  # characters shown of a longer name: its start, an ellipsis, its end
+NAME_HEAD = 12  # characters kept at the start of an abbreviated name (the rest at its end)
 BREAK_AFTER = re.compile(r"(?<=[:/@_,+])")  # where a long name may wrap
 
 SCRIPT = """
@@ -85,12 +87,13 @@ for (const table of document.querySelectorAll("table.sortable")) {
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1em 1.5em; color: #222; }
 h1 { margin: 0.2em 0; }
-table { border-collapse: collapse; font-size: 13px; margin: 0.8em 0; }
+table { border-collapse: collapse; font-size: 12.5px; margin: 0.8em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 5px; text-align: right; }
 td { white-space: nowrap; }
 th { background: #f0f0f0; cursor: pointer; vertical-align: bottom; font-weight: 600; }
 th.name, td.name { text-align: left; }
-td.name div { white-space: normal; min-width: 7em; max-width: 14em; overflow-wrap: break-word; }
+td.name div { white-space: normal; min-width: 9em; max-width: 14em; overflow-wrap: break-word; }
+td.status { white-space: normal; min-width: 4em; }
 th[data-order="asc"]::after { content: " \\25B2"; }
 th[data-order="desc"]::after { content: " \\25BC"; }
 tbody tr:nth-child(even) { background: #fafafa; }
@@ -102,6 +105,13 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; max-width: 1
 img { max-width: 100%; border: 1px solid #ddd; }
 ul { line-height: 1.35; }
 """
+
+
+def abbreviated(text: str) -> str:
+    """A name of at most LONGEST_NAME characters: a longer one loses its middle."""
+    if len(text) <= LONGEST_NAME:
+        return text
+    return text[:NAME_HEAD] + "\u2026" + text[NAME_HEAD - LONGEST_NAME + 1 :]
 
 
 def wrappable(text: str) -> str:
@@ -128,9 +138,11 @@ def main_cell(row: pd.Series, column: str, chance: float) -> str:
     text = cell_text(row, column)
     sort = html.escape(sort_key(row[column]))
     if column in NAME_COLUMNS:
-        full, wrapped = html.escape(text), wrappable(text)
+        full, wrapped = html.escape(text), wrappable(abbreviated(text))
         return f'<td class="name" data-sort="{sort}" title="{full}"><div>{wrapped}</div></td>'
     kind = ' class="failed"' if text == "failed" else ""
+    if column == ROW_STATUS:
+        kind = ' class="status"'
     return f'<td data-sort="{sort}"{kind}{shade(row, column, chance)}>{html.escape(text)}</td>'
 
 
@@ -139,7 +151,7 @@ def main_table(board: Leaderboard) -> str:
     head = "".join(
         f'<th data-column="{html.escape(c)}"'
         + (' class="name"' if c in NAME_COLUMNS else "")
-        + f">{html.escape(header(c))}</th>"
+        + f">{html.escape(header(c)).replace('log p', 'log&nbsp;p')}</th>"
         for c in columns
     )
     body = "".join(

@@ -156,7 +156,12 @@ def cell_text(row: pd.Series, column: str) -> str:
     if missing(value):
         return ""
     if column == ROW_STATUS and value != RowStatus.OK:
-        return f"{value} ({row.get(FAILED, 0):.0f} failed)"
+        failed = f"{row.get(FAILED, 0):.0f}"
+        return (
+            f"failed ({failed} units)"
+            if value == RowStatus.FAILED
+            else f"partial ({failed} failed)"
+        )
     if column.startswith(ACC):
         samples = row.get(N + column[len(ACC) :])
         return f"{value:.2f}" if missing(samples) else f"{value * samples:.0f}/{samples:.0f}"

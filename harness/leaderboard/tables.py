@@ -75,6 +75,7 @@ class RowStatus:
 @dataclass(frozen=True)
 class Heatmap:
     accuracy: pd.DataFrame  # depth bins (rows) x lengths (columns)
+    logprob: pd.DataFrame | None  # mean key log-probability, same grid (None: not recorded)
     samples: int
 
 
@@ -247,21 +248,25 @@ def depth_bins(depths: pd.Series) -> pd.Series:
 
 
 def passkey_heatmaps(rows: pd.DataFrame) -> dict[str, Heatmap]:
-    """Per mitigation of one model: accuracy with depth bins as rows, lengths as columns."""
+    """Per mitigation of one model: accuracy (and the mean key log-probability) with depth
+    bins as rows, lengths as columns."""
     binned = rows.assign(_bin=depth_bins(rows[PASSKEY.depth]))
+    logprob = PASSKEY.key_logprob in rows.columns
     return {
         mitigation: Heatmap(
-            group.pivot_table(
-                index="_bin",
-                columns=PASSKEY.length,
-                values=PASSKEY.correct,
-                aggfunc="mean",
-                observed=False,
-            ).rename_axis(index="depth", columns="length"),
+            depth_grid(group, PASSKEY.correct),
+            depth_grid(group, PASSKEY.key_logprob) if logprob else None,
             len(group),
         )
         for mitigation, group in binned.groupby(MITIGATION)
     }
+
+
+def depth_grid(binned: pd.DataFrame, values: str) -> pd.DataFrame:
+    """The mean of `values` with depth bins as rows, lengths as columns."""
+    return binned.pivot_table(
+        index="_bin", columns=PASSKEY.length, values=values, aggfunc="mean", observed=False
+    ).rename_axis(index="depth", columns="length")
 
 
 def longest_units(rows: pd.DataFrame, source: str, length: str) -> pd.DataFrame:
