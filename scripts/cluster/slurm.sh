@@ -108,6 +108,7 @@ GresTypes=gpu
 AccountingStorageTRES=gres/gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStorageEnforce=associations
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$scratch/log/jobcomp.txt
