@@ -75,10 +75,14 @@ class DigestCache:
         if self.loaded_from == path:
             return
         self.loaded_from, self.dirty = path, False
+        self.entries = self._read(path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, dict[str, Any]]:
         try:
-            self.entries = dict(json.loads(path.read_text())["files"])
+            return dict(json.loads(path.read_text())["files"])
         except (OSError, ValueError, KeyError, TypeError):
-            self.entries = {}
+            return {}
 
     def digest(self, path: Path) -> str:
         self._load()
@@ -95,12 +99,14 @@ class DigestCache:
         return sha
 
     def save(self) -> None:
-        """Write the cache atomically (entries of files that no longer exist dropped); a cache
-        that cannot be written is only a slower next run."""
+        """Write the cache atomically, merged with what other processes wrote meanwhile
+        (entries of files that no longer exist dropped); a cache that cannot be written is
+        only a slower next run."""
         if not self.dirty or self.loaded_from is None:
             return
-        self.entries = {p: e for p, e in self.entries.items() if Path(p).exists()}
         path = self.loaded_from
+        merged = {**self._read(path), **self.entries}
+        self.entries = {p: e for p, e in merged.items() if Path(p).exists()}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -206,3 +206,16 @@ def test_unit_ids_do_not_depend_on_the_working_directory(
     [relative] = units("ckpt")
     assert absolute.id == relative.id and absolute.slot == relative.slot
     assert resolve("ckpt").name == "ckpt"  # resolving alone does not hash
+
+
+def test_two_processes_saving_the_cache_keep_each_others_digests(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.bin", tmp_path / "two.bin"
+    one.write_bytes(b"1")
+    two.write_bytes(b"2")
+    first, second = identity.DigestCache(), identity.DigestCache()
+    first.digest(one)
+    second.digest(two)
+    first.save()
+    second.save()
+    stored = json.loads(identity.cache_file().read_text())["files"]
+    assert {str(one.resolve()), str(two.resolve())} <= set(stored)

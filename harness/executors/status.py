@@ -34,7 +34,8 @@ def last_run(out: Path) -> dict[str, Any]:
 
 def unit_status(out: Path, unit: dict[str, Any]) -> tuple[str, str]:
     """(done | skipped | failed | missing, the failure's status and message)."""
-    path = results.part_path(out, unit["table"], unit["model"], unit["mitigation"], unit["slot"])
+    slot = unit.get("slot", unit["unit_id"])  # manifests before slots named parts by unit id
+    path = results.part_path(out, unit["table"], unit["model"], unit["mitigation"], slot)
     try:
         table = pq.read_table(path, columns=["status", "message", "unit_id"])
     except FileNotFoundError:
