@@ -134,7 +134,8 @@ def remove_stale_temporaries(out: Path) -> int:
     """Delete temporaries left by writers that were killed while writing; return how many.
     Another writer's temporary in flight is never touched."""
     now = time.time()
-    found = [*out.glob("*/model=*/mitigation=*/.part-*.tmp"), *out.glob("runs/.*.tmp")]
+    patterns = ("*/model=*/mitigation=*/.part-*.tmp", "runs/.*.tmp", "runs/*/.*.tmp")
+    found = [tmp for pattern in patterns for tmp in out.glob(pattern)]
     removed = 0
     for tmp in found:
         if is_stale(tmp, now):

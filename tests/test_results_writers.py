@@ -32,8 +32,8 @@ def dead_pid() -> int:
     return child.pid
 
 
-def temporary(folder: Path, writer: str, age_s: float) -> Path:
-    path = folder / f".part-0123.parquet.{writer}.tmp"
+def temporary(folder: Path, writer: str, age_s: float, name: str = "part-0123.parquet") -> Path:
+    path = folder / f".{name}.{writer}.tmp"
     path.write_bytes(b"partial")
     then = time.time() - age_s
     os.utime(path, (then, then))
@@ -57,6 +57,9 @@ def test_only_stale_temporaries_are_removed(tmp_path: Path) -> None:
         temporary(folder, f"{here}.{dead}.dd", 5),  # young
         temporary(folder, f"other-host.{dead}.ee", OLD),  # another host's, not old enough
     }
+    worker = tmp_path / "runs" / "run-1"
+    worker.mkdir(parents=True)
+    removed.add(temporary(worker, f"{here}.{dead}.ff", OLD, "j000.json"))  # a worker manifest's
     assert results.remove_stale_temporaries(tmp_path) == len(removed)
     assert all(not p.exists() for p in removed) and all(p.exists() for p in kept)
 
