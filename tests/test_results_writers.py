@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from harness import results
@@ -194,7 +195,8 @@ def test_two_runs_of_one_command_at_once_leave_each_unit_once(tmp_path: Path) ->
     keys = [(r["model"], r["length"], r["sample"]) for r in table]
     assert len(keys) == len(set(keys)) == 2 * 2 * 2
     assert {r["status"] for r in table} == {"ok"}
-    assert len(list(out.rglob("part-*.parquet"))) == 4
+    parts = list(out.rglob("part-*.parquet"))
+    assert len(parts) == 4 and sum(pq.read_table(p).num_rows for p in parts) == 8  # all whole
     assert list(out.rglob("*.tmp")) == []
     assert 1 <= len(list((out / "runs").glob("*.json"))) <= 2
 
