@@ -124,7 +124,7 @@ def assert_parts_sound(out: Path, tables: Sequence[str] = TABLES) -> None:
     for table in tables:
         for part in (out / table).rglob("*.parquet"):
             pq.read_table(part)
-        assert not list((out / table).rglob(".part-*")), f"temporaries left in {table}"
+        assert not list((out / table).rglob(".*.tmp")), f"temporaries left in {table}"
 
 
 def run_manifest(out: Path) -> dict | None:
@@ -186,9 +186,7 @@ def unfinished_job(out: Path) -> str | None:
         written = [
             u
             for u in units
-            if results.part_path(
-                out, u["table"], u["model"], u["mitigation"], u["unit_id"]
-            ).exists()
+            if results.part_path(out, u["table"], u["model"], u["mitigation"], u["slot"]).exists()
         ]
         if len(written) < len(units):
             return slurm_job
