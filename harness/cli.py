@@ -7,20 +7,12 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from harness import identity, registry
+from harness import identity
 from harness.executors import EXECUTORS, executor_class
-from harness.executors.base import ExecutorSettings
-from harness.executors.driver import Driver, Report, detach
-from harness.executors.status import status_command
 from harness.leaderboard import cli as leaderboard_cli
-from harness.models.bundled import bundled_models, card_summary
-from harness.models.catalog import CATALOG
-from harness.models.loading import pick_device
+from harness.models.bundled import bundled_models
 from harness.models.tiny import TINY_MODELS
 from harness.plan import (
     UsageError,
@@ -34,9 +26,18 @@ from harness.plan import (
     parse_task_options,
     parse_tasks,
 )
-from harness.runner import DTYPES, RunConfig
+from harness.registry import MITIGATIONS, TASKS, RegistryError
+from harness.settings import describe, format_value
 from harness.train import cli as train_cli
-from tasks.base import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from harness.executors.base import ExecutorSettings
+    from harness.executors.driver import Report
+    from tasks.base import Task
+
+# Only the commands that need them import torch, pyarrow, pandas, transformers or rich, so that
+# `harness --help` and `harness list` answer at once (tests/test_registry.py checks).
+DTYPE_NAMES = ("float32", "bfloat16")  # the keys of harness.runner.DTYPES
 
 # `harness run` with no --models: the bundled trained tiny models, offline, on the CPU.
 DEFAULT_MODELS = ",".join(bundled_models()) or ",".join(TINY_MODELS)
@@ -45,7 +46,17 @@ DEFAULT_MITIGATIONS = "none,rri,state-norm"
 DEFAULT_LENGTHS = "512,2k,8k"
 DEFAULT_SAMPLES = 4
 
-console = Console(stderr=True)
+
+class StderrConsole:
+    """rich's Console on stderr, imported when something is first printed."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        from rich.console import Console
+
+        Console(stderr=True).print(*objects, **options)
+
+
+console = StderrConsole()
 SUMMARY_CAPTION = (
     "passkey L: keys retrieved/samples (mean log-probability of the key: near 0 is sure and "
     "right, a uniform guess among 5-digit keys is -11.5, far below is confidently wrong). "
@@ -111,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto | cpu | cuda | cuda:N (workers of ray/slurm take the GPU their engine assigns)",
     )
-    run.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    run.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     run.add_argument(
         "--backend",
         default="auto",
@@ -166,31 +177,37 @@ def add_executor_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def list_command(what: str) -> None:
-    """One line per name: the name, then its description."""
-    lines: dict[str, str] = {}
+    """Models: one line each (name, family, size, state, training length, peer); tasks and
+    mitigations: a line each, then one per setting with its type, default and meaning."""
     if what == "models":
-        lines |= {name: tiny.description for name, tiny in TINY_MODELS.items()}
-        lines |= {name: card_summary(path) for name, path in bundled_models().items()}
-        for spec in CATALOG.values():
-            state = f"state {spec.state_size / 1e6:.2f}M" if spec.state_size else "no state"
-            lines[spec.name] = (
-                f"{spec.description}; {spec.params / 1e6:.0f}M params, {state}, trained at "
-                f"{spec.train_context} tokens, peer {spec.peer}"
-            )
-    elif what == "tasks":
-        for name, cls in registry.tasks().items():
-            settings = ", ".join(f"{k}={v}" for k, v in cls.settings_defaults.items())
-            lines[name] = cls.description + (f" [options: {settings}]" if settings else "")
-    else:
-        for name, cls in registry.mitigations().items():
-            defaults = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
-            lines[name] = cls.description + (f" [{defaults}]" if defaults else "")
-    width = max(map(len, lines)) + 2
-    for name, line in lines.items():
-        print(f"{name:<{width}}{line}")
+        from harness.models.listing import format_rows, model_rows
+
+        print("\n".join(format_rows(model_rows())))
+        return
+    registry = TASKS if what == "tasks" else MITIGATIONS
+    how = "--option {name}.KEY=VALUE" if what == "tasks" else "{name}:KEY=VALUE"
+    for name in registry.names():
+        try:
+            cls = registry.get(name)
+        except RegistryError as err:  # a broken plugin: say so, list the others
+            print(f"{name}: {err}")
+            continue
+        print(f"{name}: {cls.description}")
+        settings = describe(cls.Settings)
+        if settings:
+            print(f"  {how.format(name=name)}, KEY=default (type): meaning")
+        written = [f"{s.key}={format_value(s.default)}" for s in settings]
+        width = max(map(len, written), default=0)
+        for s, key in zip(settings, written, strict=True):
+            print(f"    {key:<{width}}  ({s.kind}) {s.help}")
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.executors.driver import Driver, detach
+    from harness.models.loading import pick_device
+    from harness.runner import RunConfig
+    from tasks.base import TaskOptions
+
     embedded = args.models is None
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be at least 1, got {args.samples}")
@@ -264,6 +281,8 @@ def check_device(device: str) -> None:
 
 
 def executor_settings(args: argparse.Namespace) -> ExecutorSettings:
+    from harness.executors.base import ExecutorSettings
+
     """The executor's settings from the run's flags, checked (UsageError: exit 2)."""
     for flag, least in (("workers", 1), ("max_retries", 0), ("stop_after_fails", 1)):
         value = getattr(args, flag)
@@ -309,6 +328,10 @@ def check_absolute_sources(tasks: list[Task], executor: str) -> None:
 
 def print_report(report: Report) -> None:
     """One row per (model, mitigation), one column per (task, length): each unit's summary."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     if not report.outcomes:
         console.print(f"nothing to do: all {len(report.skipped)} units are already done")
         return
@@ -377,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return train_cli.command(args)
         if args.command == "status":
+            from harness.executors.status import status_command
+
             return status_command(args.out)
         return run_command(args, list(sys.argv[1:] if argv is None else argv))
     except UsageError as err:

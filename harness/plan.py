@@ -12,14 +12,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness import identity, registry
+from harness import identity
 from harness.mitigations import parse_mitigation as parse_spec
 from harness.mitigations.base import Mitigation, MitigationError
 from harness.models.catalog import PEER_SETS
-from harness.models.loading import ModelError, ModelSource, resolve
-from tasks.base import Task, TaskOptions
+from harness.registry import TASKS, RegistryError
+
+if TYPE_CHECKING:
+    from harness.models.loading import ModelSource
+    from tasks.base import Task, TaskOptions
 
 LENGTH = re.compile(r"^(\d+)([km]?)$", re.IGNORECASE)
 SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
@@ -82,31 +85,32 @@ def parse_task_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def parse_tasks(text: str, options: TaskOptions) -> list[Task]:
-    known = registry.tasks()
     names = list(dict.fromkeys(_split(text, "tasks")))
     for name in [*names, *options.extra]:
-        if name not in known:
-            raise _unknown("task", name, list(known))
+        if name not in TASKS:
+            raise _unknown("task", name, TASKS.names())
     for name in options.extra:
         if name not in names:
             raise UsageError(f"--option for task {name!r}, which is not in --tasks")
     try:
-        return [known[name](options) for name in names]
-    except ValueError as err:
+        return [TASKS.get(name)(options) for name in names]
+    except ValueError as err:  # RegistryError, or a setting's (harness.settings)
         raise UsageError(str(err)) from None
 
 
 def parse_mitigation(spec: str) -> Mitigation:
     """`name`, `name:key=value:...`, or parts joined by `+` (see harness.mitigations)."""
     try:
-        return parse_spec(spec, registry.mitigations())
-    except MitigationError as err:
+        return parse_spec(spec)
+    except (MitigationError, RegistryError) as err:
         raise UsageError(str(err)) from None
 
 
 def parse_models(text: str) -> list[ModelSource]:
     """Model references, each resolved and identified by content (harness.identity); a peer
     set name (catalog.PEER_SETS) stands for its members."""
+    from harness.models.loading import ModelError, resolve
+
     refs = [m for ref in _split(text, "models") for m in PEER_SETS.get(ref, (ref,))]
     try:
         return [identity.identify(resolve(ref)) for ref in dict.fromkeys(refs)]

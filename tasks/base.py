@@ -6,15 +6,19 @@ mitigation installed) and the parameters of one unit, and stores the rows it ret
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
-from harness.models.base import LanguageModel
 from harness.models.catalog import FAMILIES
+from harness.settings import NoSettings, build
+
+if TYPE_CHECKING:
+    from harness.models.base import LanguageModel
 
 Progress = Callable[[int], None]  # advance the run's progress bar by n units of cost (tokens)
 
@@ -40,28 +44,23 @@ class Task(ABC):
     table: ClassVar[str]  # results/<table>/
     schema: ClassVar[pa.Schema]  # the task's own columns (the runner adds the common ones)
     families: ClassVar[frozenset[str]] = FAMILIES
-    settings_defaults: ClassVar[dict[str, Any]] = {}  # what `--option <task>.key=value` sets
+    # What `--option <task>.key=value` sets: a frozen dataclass (harness.settings).
+    Settings: ClassVar[type] = NoSettings
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options
         self.settings = self.parse_settings(options.extra.get(self.name, {}))
 
     @classmethod
-    def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
-        """The task's settings: defaults overridden by `raw`, converted to the defaults' types."""
-        settings = dict(cls.settings_defaults)
-        for key, value in raw.items():
-            if key not in settings:
-                valid = ", ".join(sorted(settings)) or "none"
-                raise ValueError(f"task {cls.name!r} has no option {key!r}; valid: {valid}")
-            kind = type(settings[key])
-            try:
-                settings[key] = _convert(value, kind)
-            except ValueError:
-                raise ValueError(
-                    f"task {cls.name!r} option {key}={value!r} is not a {kind.__name__}"
-                ) from None
-        return settings
+    def parse_settings(cls, raw: dict[str, str]) -> Any:
+        """The task's settings: the defaults overridden by `raw` (ValueError naming the valid
+        keys or the type); subclasses add range checks."""
+        return build(cls.Settings, raw, f"task {cls.name!r}", "option")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The settings as a dict, as each unit's parameters carry them."""
+        return dataclasses.asdict(self.settings)
 
     @abstractmethod
     def units(self) -> list[dict[str, Any]]:
@@ -89,11 +88,3 @@ class Task(ABC):
         enough lengths in a row do, longer ones are skipped. Tasks without a notion of
         chance never stop early."""
         return False
-
-
-def _convert(value: str, kind: type) -> Any:
-    if kind is bool:
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(value)
-        return value.lower() in ("true", "1", "yes")
-    return value if kind is type(None) else kind(value)

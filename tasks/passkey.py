@@ -13,13 +13,14 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import torch
 
-from harness.models.base import LanguageModel
 from tasks.base import NonFiniteError, Progress, Task
+
+if TYPE_CHECKING:
+    from harness.models.base import LanguageModel
 
 PREFIX = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -137,7 +138,7 @@ class Passkey(Task):
         ids = model.encode(build_prompt(model.encode, sample.length, sample.depth, sample.key))
         answer = model.encode(" " + sample.key)
         logits, state = model.prefill(ids, progress=progress)
-        if not torch.isfinite(logits).all():
+        if not logits.isfinite().all():
             raise NonFiniteError(f"non-finite logits after a {len(ids)}-token prompt")
         key_logprob = model.score(logits, state.clone(), answer)
         output = model.decode(model.generate(logits, state, len(answer) + EXTRA_NEW_TOKENS))

@@ -17,16 +17,20 @@ the model never saw in training (start >= train_context).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import torch
 
-from harness.models.base import LanguageModel
+from harness.settings import setting
 from tasks.base import NonFiniteError, Progress, Task
 from tasks.settings import require_positive
-from tasks.sources import SOURCE_SETTINGS, SYNTHETIC, Document, Source, documents, source_from
+from tasks.sources import SYNTHETIC, Document, Source, SourceSettings, documents, source_from
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.models.base import LanguageModel
 
 DEFAULT_LENGTHS = (16384,)
 LARGEST_EXPONENT = 709.0  # math.exp overflows above this
@@ -54,7 +58,7 @@ def buckets(losses: torch.Tensor, size: int) -> list[Bucket]:
 
 def check_finite(losses: torch.Tensor, what: str) -> None:
     """NonFiniteError naming the first position whose loss is NaN or infinite."""
-    bad = (~torch.isfinite(losses)).nonzero()
+    bad = (~losses.isfinite()).nonzero()
     if len(bad):
         raise NonFiniteError(
             f"non-finite loss at position {int(bad[0]) + 1} of {what} "
@@ -73,6 +77,13 @@ def loss_buckets(
 
 def perplexity(mean_loss: float) -> float:
     return math.exp(mean_loss) if mean_loss < LARGEST_EXPONENT else math.inf
+
+
+@dataclass(frozen=True)
+class PerplexitySettings(SourceSettings):
+    documents: int = setting(1, "documents per length (synthetic sources have one)")
+    bucket: int = setting(128, "positions per bucket of the loss curve")
+    chunk: int = setting(2048, "tokens per forward call (the state is carried between calls)")
 
 
 class Perplexity(Task):
@@ -97,23 +108,18 @@ class Perplexity(Task):
             ("beyond_context", pa.bool_()),
         ]
     )
-    settings_defaults: ClassVar[dict[str, Any]] = {
-        **SOURCE_SETTINGS,
-        "documents": 1,
-        "bucket": 128,
-        "chunk": 2048,
-    }
+    Settings = PerplexitySettings
 
     @classmethod
-    def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
+    def parse_settings(cls, raw: dict[str, str]) -> PerplexitySettings:
         settings = super().parse_settings(raw)
         require_positive(cls.name, settings, ("documents", "bucket", "chunk"))
-        source_from(settings)
+        source_from(asdict(settings))
         return settings
 
     def units(self) -> list[dict[str, Any]]:
         lengths = self.options.lengths or DEFAULT_LENGTHS
-        return [{"length": n, **self.settings} for n in lengths]
+        return [{"length": n, **self.params} for n in lengths]
 
     def cost(self, params: dict[str, Any]) -> int:
         count = 1 if params["source"] in SYNTHETIC else params["documents"]

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def require_positive(task: str, settings: dict[str, Any], keys: Iterable[str]) -> None:
-    """Each of `keys` is a number > 0."""
+def require_positive(task: str, settings: Any, keys: Iterable[str]) -> None:
+    """Each of `keys` of the settings dataclass is a number > 0."""
     for key in keys:
-        if not settings[key] > 0:
-            raise ValueError(f"task {task!r} option {key}={settings[key]!r} must be > 0")
+        value = getattr(settings, key)
+        if not value > 0:
+            raise ValueError(f"task {task!r} option {key}={value!r} must be > 0")

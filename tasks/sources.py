@@ -27,13 +27,15 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
+from harness.settings import setting
 from tasks.passkey import HAYSTACK, PREFIX
+
+if TYPE_CHECKING:
+    import torch
 
 Encode = Callable[[str], list[int]]
 
@@ -52,13 +54,6 @@ ALIASES = {"pg19": PG19}
 BLOCK_UNITS = 64  # units per tiled block of a synthetic prompt
 SHORT_DOC_POLICIES = ("skip", "concat")
 AUTO_SPLIT = "auto"
-SOURCE_SETTINGS: dict[str, Any] = {
-    "source": "newlines",
-    "column": "text",
-    "split": AUTO_SPLIT,
-    "subset": "",
-    "short_docs": "skip",
-}
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -69,6 +64,25 @@ VALID = (
     "newlines, capital, haystack, pg19, a .txt/.jsonl/.json/.parquet file, a dataset folder "
     "(save_to_disk or hub layout), or a hub id owner/name"
 )
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """The settings of every task that reads text (its settings dataclass extends this one)."""
+
+    source: str = setting(
+        "newlines",
+        "newlines, capital, haystack, pg19, a .txt/.jsonl/.parquet file, a folder, a hub id",
+    )
+    column: str = setting("text", "the text column of a JSON, Parquet or hub dataset")
+    split: str = setting(AUTO_SPLIT, "dataset split; auto: test (or the only one), train")
+    subset: str = setting("", "the hub configuration name, e.g. wikitext-103-raw-v1")
+    short_docs: Literal["skip", "concat"] = setting(
+        "skip", "documents shorter than the length: skip them, or concat with end-of-text"
+    )
+
+
+SOURCE_SETTINGS: dict[str, Any] = asdict(SourceSettings())  # key -> default
 
 
 class SourceError(ValueError):
@@ -245,6 +259,8 @@ def synthetic_ids(name: str, encode: Encode, length: int) -> torch.Tensor:
     blocks has shown that they tokenize as the prefix's ids then the block's twice. Otherwise
     (a tokenizer that merges across the block boundary) the whole text is encoded.
     """
+    import torch
+
     prefix, unit = SYNTHETIC[name]
     head, block = encode(prefix), encode(unit * BLOCK_UNITS)
     if encode(prefix + unit * 2 * BLOCK_UNITS) != head + block + block:
@@ -295,6 +311,8 @@ def _whole(
     records: Iterator[tuple[str, str]], encode: Encode, length: int, count: int, eos: int | None
 ) -> list[Document]:
     """Source documents of at least `length` tokens, cut to `length`; shorter ones skipped."""
+    import torch
+
     found: list[Document] = []
     skipped = 0
     for doc_id, text in records:
@@ -313,6 +331,8 @@ def _joined(
     records: Iterator[tuple[str, str]], encode: Encode, length: int, count: int, eos: int | None
 ) -> list[Document]:
     """Source documents joined by `eos` until `length` tokens; the rest of the last one dropped."""
+    import torch
+
     found: list[Document] = []
     ids: list[int] = []
     parts: list[str] = []

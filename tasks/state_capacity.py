@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from harness.models.base import LanguageModel
+from harness.settings import setting
 from tasks.base import Progress, Task, TaskOptions
 from tasks.detect import (
     K_TOKENS,
@@ -52,10 +53,26 @@ from tasks.passkey import DEFAULT_LENGTHS as PASSKEY_LENGTHS
 from tasks.passkey import DEFAULT_SAMPLES, Passkey
 from tasks.perplexity import Bucket, loss_buckets
 from tasks.settings import require_positive
-from tasks.sources import SOURCE_SETTINGS, documents, source_from
+from tasks.sources import SourceSettings, documents, source_from
+
+if TYPE_CHECKING:
+    from harness.models.base import LanguageModel
 
 MODEL_ROW = "model"
 FIT_ROWS = {"forget": "fit-forget", "recall": "fit-recall"}
+
+
+@dataclass(frozen=True)
+class StateCapacitySettings(SourceSettings):
+    loss_length: int = setting(32768, "tokens of the loss curve; must go past the training length")
+    bucket: int = setting(128, "positions per bucket of the loss curve")
+    chunk: int = setting(2048, "tokens per forward call (the state is carried between calls)")
+    margin: float = setting(0.5, "nats above the in-context loss that count as collapsed")
+    window: int = setting(1024, "tokens the smoothed loss must stay above that level")
+    smoothing: int = setting(256, "tokens of the trailing mean that smooths the loss curve")
+    recall_threshold: float = setting(
+        0.95, "passkey accuracy that counts as recalled, in (0, 1] (paper 0.95)"
+    )
 
 
 class StateCapacity(Task):
@@ -97,28 +114,19 @@ class StateCapacity(Task):
             ("paper_c", pa.float64()),
         ]
     )
-    settings_defaults: ClassVar[dict[str, Any]] = {
-        **SOURCE_SETTINGS,
-        "loss_length": 32768,
-        "bucket": 128,
-        "chunk": 2048,
-        "margin": 0.5,
-        "window": 1024,
-        "smoothing": 256,
-        "recall_threshold": 0.95,
-    }
+    Settings = StateCapacitySettings
 
     @classmethod
-    def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
+    def parse_settings(cls, raw: dict[str, str]) -> StateCapacitySettings:
         settings = super().parse_settings(raw)
         positive = ("loss_length", "bucket", "chunk", "margin", "window", "smoothing")
         require_positive(cls.name, settings, positive)
-        if not 0 < settings["recall_threshold"] <= 1:
+        if not 0 < settings.recall_threshold <= 1:
             raise ValueError(
-                f"task {cls.name!r} option recall_threshold={settings['recall_threshold']} "
+                f"task {cls.name!r} option recall_threshold={settings.recall_threshold} "
                 "must be in (0, 1]"
             )
-        source_from(settings)
+        source_from(asdict(settings))
         return settings
 
     def units(self) -> list[dict[str, Any]]:
@@ -129,7 +137,7 @@ class StateCapacity(Task):
                 "samples": o.samples or DEFAULT_SAMPLES,
                 "depths": list(o.depths) if o.depths is not None else None,
                 "seed": o.seed,
-                **self.settings,
+                **self.params,
             }
         ]
 

@@ -27,17 +27,21 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import torch
 
-from harness.mitigations.compose import merge_hooks
-from harness.models.base import LanguageModel
-from harness.models.mamba2 import Hooks, Mamba2LM, StateSnapshot
+from harness.settings import setting
 from tasks.base import Progress, Task
 from tasks.settings import require_positive
-from tasks.sources import SOURCE_SETTINGS, documents, source_from
+from tasks.sources import SourceSettings, documents, source_from
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.models.base import LanguageModel
+    from harness.models.mamba2 import Mamba2LM, StateSnapshot
 
 DEFAULT_LENGTHS = (16384,)
 
@@ -46,6 +50,8 @@ class IntervalSums:
     """Per-head sums over the tokens since the last record of one layer."""
 
     def __init__(self, heads: int) -> None:
+        import torch
+
         self.dt = torch.zeros(heads, dtype=torch.float64)
         self.alpha = torch.zeros(heads, dtype=torch.float64)
         self.tokens = 0
@@ -76,7 +82,7 @@ class StateRecorder:
         sums.tokens += dt.shape[0]
         first = snapshot.position - dt.shape[0] == 0  # token 0's own decay does not count
         retained = log_alpha[1:] if first else log_alpha
-        log_retention = self.log_retention.setdefault(layer, torch.zeros_like(sums.dt))
+        log_retention = self.log_retention.setdefault(layer, sums.dt.new_zeros(heads))
         log_retention += retained.sum(0)
         if snapshot.position % self.interval == 0:
             self.records += self._records(snapshot, sums)
@@ -150,6 +156,9 @@ def observing(model: Mamba2LM, recorder: StateRecorder) -> Iterator[None]:
             "state-stats reads the plain state h, which a mitigation that replaces the scan "
             f"(layers {sorted(before.scans)}) does not carry; run it without that mitigation"
         )
+    from harness.mitigations.compose import merge_hooks
+    from harness.models.mamba2 import Hooks
+
     every = recorder.interval
     if before is not None and before.segmented:
         every = math.gcd(every, before.interval)  # see every stop the mitigation makes
@@ -163,6 +172,16 @@ def observing(model: Mamba2LM, recorder: StateRecorder) -> Iterator[None]:
 def aligned_chunk(chunk: int, interval: int) -> int:
     """`chunk` rounded up to a multiple of `interval`, so forward calls end on records."""
     return math.ceil(chunk / interval) * interval
+
+
+@dataclass(frozen=True)
+class StateStatsSettings(SourceSettings):
+    interval: int = setting(128, "tokens between records (the observer's interval)")
+    outlier_sigma: float = setting(3.0, "outlier: a channel this many standard deviations out")
+    growth: float = setting(
+        2.0, "collapsed: the norm grows past growth x its training-length value"
+    )
+    chunk: int = setting(4096, "tokens per forward call (rounded to a multiple of interval)")
 
 
 class StateStats(Task):
@@ -199,29 +218,25 @@ class StateStats(Task):
             ("collapse_position", pa.int64()),
         ]
     )
-    settings_defaults: ClassVar[dict[str, Any]] = {
-        **SOURCE_SETTINGS,
-        "interval": 128,
-        "outlier_sigma": 3.0,
-        "growth": 2.0,
-        "chunk": 4096,
-    }
+    Settings = StateStatsSettings
 
     @classmethod
-    def parse_settings(cls, raw: dict[str, str]) -> dict[str, Any]:
+    def parse_settings(cls, raw: dict[str, str]) -> StateStatsSettings:
         settings = super().parse_settings(raw)
         require_positive(cls.name, settings, ("interval", "outlier_sigma", "growth", "chunk"))
-        source_from(settings)
+        source_from(asdict(settings))
         return settings
 
     def units(self) -> list[dict[str, Any]]:
         lengths = self.options.lengths or DEFAULT_LENGTHS
-        return [{"length": n, **self.settings} for n in lengths]
+        return [{"length": n, **self.params} for n in lengths]
 
     def cost(self, params: dict[str, Any]) -> int:
         return params["length"]
 
     def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
+        from harness.models.mamba2 import Mamba2LM
+
         if not isinstance(model, Mamba2LM):
             raise TypeError(
                 f"state-stats reads the Mamba-2 state; {model.info.name} is a {model.info.family}"

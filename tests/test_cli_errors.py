@@ -37,7 +37,10 @@ def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expec
         (["--models", "tiny-pythia", "--depths", "-0.1"], ["bad depth '-0.1'"]),
         (["--models", "tiny-pythia", "--depths", "x"], ["bad depth 'x'"]),
         (["--models", "tiny-pythia", "--samples", "0"], ["--samples must be at least 1"]),
-        (["--models", "tiny-pythia", "--mitigations", "none:x=1"], ["has no parameter x"]),
+        (
+            ["--models", "tiny-pythia", "--mitigations", "none:x=1"],
+            ["has no parameter 'x'", "takes no parameters"],
+        ),
         (["--models", "tiny-pythia", "--option", "passkey.x=1"], ["has no option 'x'"]),
         (["--models", "tiny-mamba2", "--backend", "triton"], ["backend 'triton' needs mamba-ssm"]),
         (["--models", "tiny-pythia", "--option", "passkey"], ["bad --option 'passkey'"]),

@@ -8,7 +8,7 @@ import torch
 from harness.mitigations import MitigationError, parse_mitigation
 from harness.mitigations.compose import merge_hooks
 from harness.mitigations.state_norm import StateNorm
-from harness.mitigations.window import WindowScan, WindowState
+from harness.mitigations.window_scan import WindowScan, WindowState
 from harness.models.base import ModelInfo
 from harness.models.mamba2 import Hooks, Mamba2, Mamba2Config, Mamba2LM, StateSnapshot, scan
 from harness.models.tokenizer import byte_tokenizer

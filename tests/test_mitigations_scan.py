@@ -17,7 +17,7 @@ from harness.mitigations.compose import merge_hooks
 from harness.mitigations.rri import RRI
 from harness.mitigations.scale import AScale, DtScale
 from harness.mitigations.state_norm import clip
-from harness.mitigations.window import WindowScan, WindowState
+from harness.mitigations.window_scan import WindowScan, WindowState
 from harness.models.mamba2.hooks import Hooks, ScanInputs
 
 B_, H, P, G, N = 2, 4, 3, 2, 5  # batch, heads, headdim, groups, d_state
@@ -137,9 +137,9 @@ class FakeModel:
 
 @pytest.fixture
 def two_layers(monkeypatch: pytest.MonkeyPatch) -> FakeModel:
-    import harness.mitigations.scale as scale
+    import harness.mitigations.engine as engine  # scale.py looks layer_count up there
 
-    monkeypatch.setattr(scale, "layer_count", lambda model: model.n_layer)
+    monkeypatch.setattr(engine, "layer_count", lambda model: model.n_layer)
     return FakeModel(2)
 
 

@@ -47,9 +47,7 @@ class CorpusSettings:
         }
         return cls(
             lengths=meta.lengths(metadata, DEFAULT_LENGTHS),
-            documents=meta.positive_int(
-                metadata, "documents", Perplexity.settings_defaults["documents"]
-            ),
+            documents=meta.positive_int(metadata, "documents", Perplexity.Settings().documents),
             source=source,
         )
 

@@ -16,46 +16,35 @@ comes from `artifacts()` after `hooks(model)`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
 
-from harness.mitigations.base import Mitigation, MitigationError, NoMitigation
-from harness.mitigations.compose import Composite, compose, merge_hooks
-from harness.mitigations.rri import RRI
-from harness.mitigations.scale import AScale, DtScale
-from harness.mitigations.state_norm import StateNorm
-from harness.mitigations.window import Window
+from harness.mitigations.base import Mitigation, MitigationError
+from harness.registry import MITIGATIONS, Registry, RegistryError
 
-MITIGATIONS: dict[str, type[Mitigation]] = {
-    cls.name: cls for cls in (NoMitigation, RRI, DtScale, AScale, StateNorm, Window)
-}
-
-__all__ = [
-    "MITIGATIONS",
-    "Composite",
-    "Mitigation",
-    "MitigationError",
-    "compose",
-    "merge_hooks",
-    "parse_mitigation",
-]
+__all__ = ["Mitigation", "MitigationError", "parse_mitigation"]
 
 
-def parse_mitigation(spec: str, known: Mapping[str, type[Mitigation]] | None = None) -> Mitigation:
-    """A mitigation from its spec; `known` names the valid ones (default: the built-ins)."""
-    known = MITIGATIONS if known is None else known
+def parse_mitigation(spec: str, known: Registry = MITIGATIONS) -> Mitigation:
+    """A mitigation from its spec; `known` names the valid ones (default: the registry)."""
+    from harness.mitigations.compose import compose
+
     return compose([_parse_part(part, spec, known) for part in spec.split("+")])
 
 
-def _parse_part(part: str, spec: str, known: Mapping[str, type[Mitigation]]) -> Mitigation:
+def _parse_part(part: str, spec: str, known: Registry) -> Mitigation:
     name, *fields = part.strip().split(":")
     if not name:
         raise MitigationError(
             f"{spec!r} has an empty mitigation name; write name[:key=value...][+name...]"
         )
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=3)
+        names = known.names()
+        close = difflib.get_close_matches(name, names, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise MitigationError(
-            f"unknown mitigation {name!r}.{hint} Valid: {', '.join(sorted(known))}"
+            f"unknown mitigation {name!r}.{hint} Valid: {', '.join(sorted(names))}"
         )
-    return known[name].parse(fields)
+    try:
+        cls = known.get(name)
+    except RegistryError as err:
+        raise MitigationError(str(err)) from None
+    return cls.parse(fields)

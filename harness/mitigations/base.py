@@ -7,10 +7,12 @@ so two spellings of the same setting land in the same results partition.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.models.catalog import FAMILIES
+from harness.settings import NoSettings, SettingError, build
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
@@ -25,42 +27,41 @@ class Mitigation(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     families: ClassVar[frozenset[str]]  # model families it applies to
-    defaults: ClassVar[dict[str, Any]] = {}
+    Settings: ClassVar[type] = NoSettings  # a frozen dataclass of its parameters (harness.settings)
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
-            raise MitigationError(
-                f"mitigation {self.name!r} has no parameter {', '.join(unknown)}; valid: {valid}"
-            )
-        self.params = {**self.defaults, **params}
+        try:
+            self.settings = build(self.Settings, params, f"mitigation {self.name!r}", "parameter")
+        except SettingError as err:
+            raise MitigationError(str(err)) from None
         self.validate()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every parameter, defaults filled in."""
+        return dataclasses.asdict(self.settings)
 
     def validate(self) -> None:  # noqa: B027 - optional, most mitigations accept any value
         """Raise MitigationError for parameter values out of range."""
 
     @classmethod
     def parse(cls, fields: list[str]) -> Mitigation:
-        """Build from the `key=value` fields of a spec, converting to the defaults' types."""
-        params: dict[str, Any] = {}
+        """Build from the `key=value` fields of a spec (harness.settings converts the values)."""
+        params: dict[str, str] = {}
         for field in fields:
             key, sep, raw = field.partition("=")
             if not sep or not key or not raw:
                 raise MitigationError(f"{cls.name}: expected key=value, got {field!r}")
-            default = cls.defaults.get(key)
-            try:
-                params[key] = type(default)(raw) if default is not None else raw
-            except ValueError:
-                raise MitigationError(
-                    f"{cls.name}: {key}={raw!r} is not a {type(default).__name__}"
-                ) from None
+            if key in params:
+                raise MitigationError(f"{cls.name}: {key} is given twice; give it once")
+            params[key] = raw
         return cls(**params)
 
     @property
     def spec(self) -> str:
         """The canonical spelling, e.g. `rri:a=0.9999:b=0.75`."""
-        return ":".join([self.name, *(f"{k}={self.params[k]}" for k in sorted(self.params))])
+        params = self.params
+        return ":".join([self.name, *(f"{k}={spec_value(params[k])}" for k in sorted(params))])
 
     @abstractmethod
     def hooks(self, model: LanguageModel) -> Hooks | None:
@@ -83,3 +84,10 @@ class NoMitigation(Mitigation):
 
     def hooks(self, model: LanguageModel) -> None:
         return None
+
+
+def spec_value(value: Any) -> str:
+    """A parameter as the canonical spec writes it (and the spec parser reads it back)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)

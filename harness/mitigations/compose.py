@@ -21,6 +21,7 @@ import torch
 
 from harness.mitigations.base import Mitigation, MitigationError, NoMitigation
 from harness.models.mamba2.hooks import Hooks, Scan, ScanInputs, StateSnapshot
+from harness.settings import NoSettings
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
@@ -45,7 +46,7 @@ class Composite(Mitigation):
     def __init__(self, parts: Sequence[Mitigation]) -> None:
         check_composable(parts)
         self.parts = tuple(parts)
-        self.params = {}
+        self.settings = NoSettings()
 
     @property
     def name(self) -> str:  # type: ignore[override]

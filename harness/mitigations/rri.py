@@ -14,39 +14,48 @@ dt B x^T ~ 1e-38 B x^T instead of exactly nothing.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from harness.mitigations.base import Mitigation, MitigationError
-from harness.models.mamba2.hooks import Hooks, ScanInputs
+from harness.settings import setting
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
+    from harness.models.mamba2.hooks import Hooks, ScanInputs
+
+
+@dataclass(frozen=True)
+class RRISettings:
+    a: float = setting(0.9999, "extra decay per token, alpha <- a*alpha, in (0, 1] (paper 0.9999)")
+    b: float = setting(0.75, "insertion scale, B <- b*B, a finite number > 0 (paper 0.75)")
 
 
 class RRI(Mitigation):
     name = "rri"
     description = "forget more, remember less: alpha <- a*alpha, B <- b*B (paper: a=0.9999, b=0.75)"
     families = frozenset({"mamba2"})
-    defaults: ClassVar[dict[str, Any]] = {"a": 0.9999, "b": 0.75}
+    Settings = RRISettings
 
     def validate(self) -> None:
-        a, b = float(self.params["a"]), float(self.params["b"])
+        a, b = self.settings.a, self.settings.b
         if not 0 < a <= 1:
             raise MitigationError(f"rri: a is the extra decay per token, in (0, 1]; got {a}")
         if not 0 < b < math.inf:
             raise MitigationError(f"rri: b scales the insertion B, a finite number > 0; got {b}")
-        self.params = {"a": a, "b": b}
 
     def hooks(self, model: LanguageModel) -> Hooks:
+        from harness.models.mamba2.hooks import Hooks
+
         return Hooks(transform_inputs=self.transform)
 
     def transform(self, layer: int, inputs: ScanInputs) -> ScanInputs:
         """Scale alpha by a (through a per-token A, (b, l, h)) and B by b; 1 leaves it as is."""
-        a, b = self.params["a"], self.params["b"]
+        a, b = self.settings.a, self.settings.b
         changes = {}
         if a != 1:
+            import torch
+
             dt = inputs.dt.clamp_min(torch.finfo(inputs.dt.dtype).tiny)  # (b, l, h), > 0
             changes |= {"dt": dt, "A": inputs.A + math.log(a) / dt}  # (h,) + (b, l, h)
         if b != 1:

@@ -17,17 +17,33 @@ from __future__ import annotations
 import json
 import math
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from harness.mitigations.base import Mitigation, MitigationError
-from harness.mitigations.engine import layer_count
-from harness.models.mamba2.hooks import Hooks, ScanInputs
+from harness.settings import setting
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
+    from harness.models.mamba2.hooks import Hooks, ScanInputs
 
 LayerScales = list[float] | dict[int, float]
+
+
+FILE_HELP = "JSON of per-layer scales: a list, one per layer, or a {layer: s} map (others: s)"
+
+
+@dataclass(frozen=True)
+class DtScaleSettings:
+    s: float = setting(0.2, "dt <- s*dt in every layer, > 0 (LongMamba-style baseline 0.2)")
+    file: str = setting("", FILE_HELP)
+
+
+@dataclass(frozen=True)
+class AScaleSettings:
+    s: float = setting(0.5, "A <- s*A in every layer, > 0 (no published value)")
+    file: str = setting("", FILE_HELP)
 
 
 class LayerScale(Mitigation):
@@ -36,22 +52,23 @@ class LayerScale(Mitigation):
     families = frozenset({"mamba2"})
 
     def validate(self) -> None:
-        self.params = {
-            "s": _positive(self.name, "s", self.params["s"]),
-            "file": str(self.params["file"]),
-        }
-        self.from_file = (
-            _read_scales(self.name, self.params["file"]) if self.params["file"] else None
-        )
+        _positive(self.name, "s", self.settings.s)
+        self.from_file = _read_scales(self.name, self.settings.file) if self.settings.file else None
         self.scales: list[float] | None = None
 
     @property
-    def spec(self) -> str:
-        """Canonical spelling; `file` only when one was given."""
-        keys = ["file", "s"] if self.params["file"] else ["s"]
-        return ":".join([self.name, *(f"{k}={self.params[k]}" for k in keys)])
+    def params(self) -> dict[str, Any]:
+        """`file` only when one was given, so the canonical spec names it only then."""
+        return (
+            {"file": self.settings.file, "s": self.settings.s}
+            if self.settings.file
+            else {"s": self.settings.s}
+        )
 
     def hooks(self, model: LanguageModel) -> Hooks:
+        from harness.mitigations.engine import layer_count
+        from harness.models.mamba2.hooks import Hooks
+
         scales = self.per_layer(layer_count(model))
         self.scales = scales
 
@@ -66,15 +83,15 @@ class LayerScale(Mitigation):
         if isinstance(self.from_file, list):
             if len(self.from_file) != n_layer:
                 raise MitigationError(
-                    f"{self.name}: {self.params['file']} lists {len(self.from_file)} scales, "
+                    f"{self.name}: {self.settings.file} lists {len(self.from_file)} scales, "
                     f"the model has {n_layer} layers; give one per layer or a {{layer: s}} map"
                 )
             return list(self.from_file)
-        scales = [self.params["s"]] * n_layer
+        scales = [self.settings.s] * n_layer
         for layer, s in (self.from_file or {}).items():
             if not 0 <= layer < n_layer:
                 raise MitigationError(
-                    f"{self.name}: {self.params['file']} names layer {layer}, "
+                    f"{self.name}: {self.settings.file} names layer {layer}, "
                     f"the model has layers 0..{n_layer - 1}"
                 )
             scales[layer] = s
@@ -94,7 +111,7 @@ class LayerScale(Mitigation):
 class DtScale(LayerScale):
     name = "dt-scale"
     description = "dt <- s*dt per layer (LongMamba-style baseline s=0.2; MambaExtend uniform form)"
-    defaults: ClassVar[dict[str, Any]] = {"s": 0.2, "file": ""}
+    Settings = DtScaleSettings
 
     def apply(self, inputs: ScanInputs, s: float) -> ScanInputs:
         return inputs.with_(dt=inputs.dt * s)  # (b, l, h)
@@ -103,7 +120,7 @@ class DtScale(LayerScale):
 class AScale(LayerScale):
     name = "a-scale"
     description = "A <- s*A per layer: decay only (Mamba Modulation uniform form)"
-    defaults: ClassVar[dict[str, Any]] = {"s": 0.5, "file": ""}
+    Settings = AScaleSettings
 
     def apply(self, inputs: ScanInputs, s: float) -> ScanInputs:
         return inputs.with_(A=inputs.A * s)  # (h,) or (b, l, h)

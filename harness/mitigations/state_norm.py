@@ -24,31 +24,39 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness.mitigations.base import Mitigation, MitigationError
-from harness.mitigations.engine import final_state_norms, head_count, layer_count
-from harness.models.mamba2.hooks import Hooks
+from harness.settings import setting
 
 if TYPE_CHECKING:
-    from harness.models.base import LanguageModel
+    import torch
 
-CALIBRATIONS = ("newline", "eval")
+    from harness.models.base import LanguageModel
+    from harness.models.mamba2.hooks import Hooks
+
+
+@dataclass(frozen=True)
+class StateNormSettings:
+    k: int = setting(128, "clip every k tokens (at multiples of k); 1: every token")
+    mult: float = setting(1.0, "tau = mult * the state norm at the training length; > 0 or inf")
+    calib: Literal["newline", "eval"] = setting(
+        "newline", "calibration input: the newline prompt, or the evaluation text itself"
+    )
 
 
 class StateNorm(Mitigation):
     name = "state-norm"
     description = "every k tokens, h <- h * min(1, tau/||h||) per head, tau from a calibration"
     families = frozenset({"mamba2"})
-    defaults: ClassVar[dict[str, Any]] = {"k": 128, "mult": 1.0, "calib": "newline"}
+    Settings = StateNormSettings
     edits_state: ClassVar[bool] = True  # installs hooks.transform_state on the plain h
 
     def validate(self) -> None:
-        k, mult, calib = self.params["k"], float(self.params["mult"]), self.params["calib"]
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        k, mult = self.settings.k, self.settings.mult
+        if k < 1:
             raise MitigationError(
                 f"state-norm: k is the clipping interval, an integer >= 1; got {k!r}"
             )
@@ -56,9 +64,6 @@ class StateNorm(Mitigation):
             raise MitigationError(
                 f"state-norm: mult scales the thresholds, a number > 0 or inf; got {mult}"
             )
-        if calib not in CALIBRATIONS:
-            raise MitigationError(f"state-norm: calib={calib!r}; valid: {', '.join(CALIBRATIONS)}")
-        self.params = {"k": k, "mult": mult, "calib": calib}
         self.tau: torch.Tensor | None = None  # (n_layer, nheads) float32, mult applied
         self.calib_tokens = 0
         self.source: weakref.ref[LanguageModel] | None = None  # model calibrated on; None: given
@@ -71,10 +76,14 @@ class StateNorm(Mitigation):
         ids = list(ids[: model.info.train_context])
         if not ids:
             raise MitigationError("state-norm: the calibration input has no tokens")
+        import torch
+
+        from harness.mitigations.engine import final_state_norms
+
         norms = final_state_norms(model, ids, under)
         self.set_thresholds(
-            norms * self.params["mult"]
-            if math.isfinite(self.params["mult"])
+            norms * self.settings.mult
+            if math.isfinite(self.settings.mult)
             else torch.full_like(norms, math.inf)
         )
         self.calib_tokens = len(ids)
@@ -82,6 +91,8 @@ class StateNorm(Mitigation):
 
     def set_thresholds(self, tau: torch.Tensor | list[list[float]]) -> None:
         """Use recorded thresholds (n_layer, nheads), e.g. an earlier run's `artifacts()["tau"]`."""
+        import torch
+
         self.tau = torch.as_tensor(tau, dtype=torch.float32)
         self.source = None
 
@@ -98,7 +109,7 @@ class StateNorm(Mitigation):
         One instance serves model after model (the runner's way): each gets its own thresholds.
         """
         if not self.calibrated_for(model):
-            if self.params["calib"] == "eval":
+            if self.settings.calib == "eval":
                 raise MitigationError(
                     "state-norm:calib=eval calibrates on the evaluation text: call "
                     "calibrate(model, ids) with its token ids before hooks(model)"
@@ -106,26 +117,31 @@ class StateNorm(Mitigation):
             self.calibrate(model, newline_ids(model), under)
         tau = self.tau
         assert tau is not None  # calibrated just above
+        from harness.mitigations.engine import head_count, layer_count
+        from harness.models.mamba2.hooks import Hooks
+
         expected = (layer_count(model), head_count(model))
         if tuple(tau.shape) != expected:
             raise MitigationError(
                 f"state-norm: thresholds are {tuple(tau.shape)} (layers, heads), "
                 f"the model has {expected}"
             )
-        return Hooks(transform_state=partial(clip, tau.to(model.device)), interval=self.params["k"])
+        return Hooks(transform_state=partial(clip, tau.to(model.device)), interval=self.settings.k)
 
     def artifacts(self) -> dict[str, Any]:
         if self.tau is None:
             return {}
         return {
             "tau": self.tau.tolist(),
-            "calib": self.params["calib"],
+            "calib": self.settings.calib,
             "calib_tokens": self.calib_tokens,
         }
 
 
 def clip(tau: torch.Tensor, layer: int, h: torch.Tensor, position: int) -> torch.Tensor:
     """h (b, h, p, n) -> h * min(1, tau / ||h||_F) per (batch, head); tau (n_layer, nheads)."""
+    import torch
+
     norm = torch.linalg.vector_norm(h.flatten(2), dim=-1)  # (b, h)
     factor = (tau[layer] / norm).clamp(max=1.0)  # a zero state: tau / 0 = inf -> 1
     return h * factor[..., None, None].to(h.dtype)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from harness.models.base import LanguageModel, ModelInfo
+    from harness.models.base import LanguageModel, ModelInfo
 
 SEED = 0
 NOMINAL_CONTEXT = 1024
@@ -41,6 +42,10 @@ class TinyModel:
     description: str
     build: Callable[[str, torch.dtype, str], LanguageModel]
     settings: dict[str, Any]  # construction settings, seed included (harness.identity)
+    params: int  # as built (tests check it), for `harness list models` without building
+    state_size: int | None  # state elements over all layers; None for the transformer
+    peer: str  # the tiny model of the other family
+    train_context: int = NOMINAL_CONTEXT
 
 
 def _info(
@@ -52,6 +57,8 @@ def _info(
     backend: str,
     state_size: int | None,
 ) -> ModelInfo:
+    from harness.models.base import ModelInfo
+
     return ModelInfo(
         name=name,
         ref=name,
@@ -67,6 +74,7 @@ def _info(
 
 
 def build_tiny_pythia(device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
+    import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from harness.models.tokenizer import byte_tokenizer
@@ -87,6 +95,8 @@ def build_tiny_pythia(device: str, dtype: torch.dtype, backend: str) -> Language
 
 
 def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
+    import torch
+
     from harness.models.mamba2 import Mamba2, Mamba2Config, Mamba2LM, resolve_backend
     from harness.models.tokenizer import byte_tokenizer
 
@@ -105,11 +115,17 @@ TINY_MODELS: dict[str, TinyModel] = {
         "Mamba-2, 2 layers, d_model 64, random (seed 0), bytes",
         build_tiny_mamba2,
         {**MAMBA2_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
+        params=78192,
+        state_size=8192,
+        peer="tiny-pythia",
     ),
     "tiny-pythia": TinyModel(
         "transformer",
         "GPT-NeoX, 2 layers, d_model 64, random (seed 0), bytes",
         build_tiny_pythia,
         {**PYTHIA_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
+        params=132992,
+        state_size=None,
+        peer="tiny-mamba2",
     ),
 }

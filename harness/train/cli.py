@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.train.checkpoint import ResumeError, has_state
-from harness.train.data import DataError, parse_mixture
-from harness.train.loop import TrainConfig, Trainer
-from harness.train.models import FAMILIES, ModelChoiceError, Shape, Trainable, build, load
+from harness.train.models import FAMILIES, Shape, Trainable, build, load
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from harness.train.loop import Trainer
 
 EXAMPLE = (
     "harness train --model mamba2 --data text:books/@0.5 --data passkey@0.5 "
@@ -88,52 +87,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """Run `harness train`; 2 on wrong input (with a message naming the problem)."""
-    from harness.models.loading import pick_device
-    from harness.models.tokenizer import encoder
+    """Run `harness train`: exit status 2 on wrong input, 1 when training fails, each with one
+    line naming the problem; 0 when done."""
+    from harness.train.checkpoint import ResumeError
 
     try:
-        _check_numbers(args)
-        if has_state(args.out) and not args.resume:
-            raise ResumeError(
-                f"{args.out} holds a training run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        model = _model(args)
-        data = parse_mixture(
-            args.data, encoder(model.tokenizer), model.tokenizer.eos_token_id, args.passkey_loss
-        )
-        config = TrainConfig(
-            out=args.out,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            segment_length=args.segment_length,
-            segments=args.segments,
-            lr=args.lr,
-            min_lr=args.min_lr,
-            warmup=args.warmup,
-            decay=args.decay,
-            weight_decay=args.weight_decay,
-            clip=args.clip,
-            seed=args.seed,
-            save_every=args.save_every,
-            device=pick_device(args.device),
-        )
-        meta = {
-            "command": "harness train " + shlex.join(sys.argv[2:]),
-            "data": args.data,
-            "passkey_loss": args.passkey_loss,
-        }
-        trainer = Trainer(model, data, config, meta)
-        summary = trainer.run(resume=args.resume)
-    except (DataError, ModelChoiceError, ResumeError, ValueError) as err:
+        trainer = _trainer(args)
+    except ValueError as err:  # DataError, ModelChoiceError, ModelError, ResumeError, ...
         print(f"harness train: error: {err}", file=sys.stderr)
         return 2
+    try:
+        summary = trainer.run(resume=args.resume)
+    except ResumeError as err:  # the saved run does not fit the one asked for: wrong input
+        print(f"harness train: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # anything while training (a failed write, out of memory, ...)
+        print(
+            f"harness train: failed while training: {type(err).__name__}: {err} "
+            f"(checkpoints so far are in {args.out}; rerun with --resume to continue)",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"trained {summary['params']:,} parameters for {args.steps} steps; final loss "
         f"{summary['final_loss']:.4f} {summary['final_loss_by_source']}; saved to {args.out}"
     )
     return 0
+
+
+def _trainer(args: argparse.Namespace) -> Trainer:
+    """The trainer the arguments ask for, every input checked (ValueError subclasses)."""
+    from harness.models.loading import pick_device
+    from harness.models.tokenizer import encoder
+    from harness.train.checkpoint import ResumeError, has_state
+    from harness.train.data import parse_mixture
+    from harness.train.loop import TrainConfig, Trainer
+
+    _check_numbers(args)
+    if has_state(args.out) and not args.resume:
+        raise ResumeError(
+            f"{args.out} holds a training run; pass --resume to continue it or choose another --out"
+        )
+    model = _model(args)
+    data = parse_mixture(
+        args.data, encoder(model.tokenizer), model.tokenizer.eos_token_id, args.passkey_loss
+    )
+    config = TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        segment_length=args.segment_length,
+        segments=args.segments,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup=args.warmup,
+        decay=args.decay,
+        weight_decay=args.weight_decay,
+        clip=args.clip,
+        seed=args.seed,
+        save_every=args.save_every,
+        device=pick_device(args.device),
+    )
+    meta = {
+        "command": "harness train " + shlex.join(sys.argv[2:]),
+        "data": args.data,
+        "passkey_loss": args.passkey_loss,
+    }
+    return Trainer(model, data, config, meta)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 FAMILIES = ("mamba2", "gpt-neox")
@@ -111,6 +110,8 @@ class NeoXTrainable(Trainable):
 
 def detach_state(state: Any) -> Any:
     """The same state cut from the autograd graph (tensors, dataclasses, lists, tuples)."""
+    import torch
+
     if isinstance(state, torch.Tensor):
         return state.detach()
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
@@ -123,6 +124,8 @@ def detach_state(state: Any) -> Any:
 
 def build(family: str, shape: Shape, tokenizer: PreTrainedTokenizerBase, seed: int) -> Trainable:
     """A model of `family` with fresh weights drawn from `seed`."""
+    import torch
+
     torch.manual_seed(seed)
     if family == "mamba2":
         from harness.models.mamba2 import Mamba2, Mamba2Config
@@ -175,6 +178,8 @@ def load(ref: str) -> Trainable:
             f"{ref!r} is a {source.family} model; harness train continues mamba2 and gpt-neox "
             "checkpoints"
         )
+    import torch
+
     fallback = source.spec.tokenizer if source.spec else NEOX_TOKENIZER
     if source.family == "mamba2":
         from harness.models.mamba2 import load_mamba2
