@@ -53,10 +53,6 @@ class Registry:
             self._classes[name] = self._check(name, target, _load(target, self.kind, name))
         return self._classes[name]
 
-    def load_all(self) -> dict[str, type]:
-        """name -> class for every name (imports them all: for `harness list`)."""
-        return {name: self.get(name) for name in self._table()}
-
     def register(self, name: str) -> Callable[[type], type]:
         """A class decorator adding the class as `name` (a clash is a RegistryError)."""
 

@@ -230,3 +230,16 @@ def test_cli_trains_and_refuses_to_overwrite(
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert train_cli(*argv, "--batch-size", "2") == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_failure_while_training_exits_1(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Input that checks out but a write that fails mid-run: exit 1, one line, not 2."""
+    out = tmp_path / "run"
+    (out / checkpoint.STATE_FILE).mkdir(parents=True)  # the checkpoint cannot be written
+    argv = ["--model", "gpt-neox", "--data", f"text:{corpus}", "--out", str(out), "--steps", "1"]
+    argv += ["--d-model", "32", "--n-layer", "1", "--segment-length", "32", "--warmup", "1"]
+    assert train_cli(*argv, "--batch-size", "2") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("harness train: failed while training: IsADirectoryError"), err
