@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 from harness.train.models import FAMILIES, Shape, Trainable, build, load
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
+    from harness.models.tokenizer import TextCodec
     from harness.train.loop import Trainer
 
 EXAMPLE = (
@@ -179,19 +178,17 @@ def _model(args: argparse.Namespace) -> Trainable:
     return build(args.model, shape, _tokenizer(args.tokenizer), args.seed)
 
 
-def _tokenizer(path: Path | None) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from harness.models.tokenizer import EOS, byte_tokenizer
+def _tokenizer(path: Path | None) -> TextCodec:
+    from harness.models.tokenizer import EOS, TextTokenizer, byte_tokenizer, load_tokenizer
 
     if path is None:
         return byte_tokenizer()
     if not path.exists():
         raise ValueError(f"tokenizer {str(path)!r} does not exist")
     if path.is_file():
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+        tokenizer: TextCodec = TextTokenizer.from_file(path, eos_token=EOS)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path, str(path))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {str(path)!r} has no end-of-text token ({EOS})")
     return tokenizer

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedTokenizerBase
+
+    from harness.models.tokenizer import TextCodec
 
 FAMILIES = ("mamba2", "gpt-neox")
 
@@ -41,7 +42,7 @@ class Shape:
 class Trainable(ABC):
     family: str
     module: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: TextCodec
 
     @abstractmethod
     def initial_state(self, batch: int) -> Any: ...
@@ -70,7 +71,7 @@ class Trainable(ABC):
 class Mamba2Trainable(Trainable):
     family = "mamba2"
 
-    def __init__(self, module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, module: torch.nn.Module, tokenizer: TextCodec) -> None:
         self.module = module
         self.tokenizer = tokenizer
 
@@ -94,7 +95,7 @@ class Mamba2Trainable(Trainable):
 class NeoXTrainable(Trainable):
     family = "gpt-neox"
 
-    def __init__(self, module: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, module: torch.nn.Module, tokenizer: TextCodec) -> None:
         self.module = module
         self.tokenizer = tokenizer
 
@@ -122,7 +123,7 @@ def detach_state(state: Any) -> Any:
     return state
 
 
-def build(family: str, shape: Shape, tokenizer: PreTrainedTokenizerBase, seed: int) -> Trainable:
+def build(family: str, shape: Shape, tokenizer: TextCodec, seed: int) -> Trainable:
     """A model of `family` with fresh weights drawn from `seed`."""
     import torch
 

@@ -12,7 +12,7 @@ from harness.models.mamba2.model import Mamba2, Mamba2State
 from harness.models.mamba2.ssd import resolve_backend
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from harness.models.tokenizer import TextCodec
 
 
 class Mamba2LM(LanguageModel):
@@ -23,7 +23,7 @@ class Mamba2LM(LanguageModel):
     def __init__(
         self,
         module: Mamba2,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: TextCodec,
         info: ModelInfo,
         backend: str = "auto",
     ) -> None:
