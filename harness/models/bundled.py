@@ -16,13 +16,3 @@ def bundled_models() -> dict[str, Path]:
     if not BUNDLED_DIR.is_dir():
         return {}
     return {p.name: p for p in sorted(BUNDLED_DIR.iterdir()) if (p / "config.json").is_file()}
-
-
-def card_summary(path: Path) -> str:
-    """The first paragraph of the model card after its title."""
-    card = path / "MODEL_CARD.md"
-    if not card.is_file():
-        return "bundled trained tiny model"
-    paragraphs = [p.strip() for p in card.read_text().split("\n\n") if p.strip()]
-    body = [p for p in paragraphs if not p.startswith("#")]
-    return " ".join(body[0].split()) if body else "bundled trained tiny model"
