@@ -243,3 +243,34 @@ def test_a_failure_while_training_exits_1(
     assert train_cli(*argv, "--batch-size", "2") == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("harness train: failed while training: IsADirectoryError"), err
+
+
+def test_ctrl_c_while_training_exits_130_with_one_line(corpus: Path, tmp_path: Path) -> None:
+    """A real SIGINT to a real `harness train` process, once it has logged a step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = ["--model", "gpt-neox", "--data", f"text:{corpus}", "--out", str(out)]
+    argv += ["--d-model", "32", "--n-layer", "1", "--segment-length", "32", "--warmup", "1"]
+    argv += ["--steps", "100000", "--save-every", "1", "--batch-size", "2"]
+    code = "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "train", *argv],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("harness train: interrupted; rerun with --resume"), last
+    assert checkpoint.has_state(out)

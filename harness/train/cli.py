@@ -86,8 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    """Run `harness train`: exit status 2 on wrong input, 1 when training fails, each with one
-    line naming the problem; 0 when done."""
+    """Run `harness train`: exit status 2 on wrong input, 1 when training fails, 130 when
+    interrupted, each with one line naming the problem; 0 when done."""
     from harness.train.checkpoint import ResumeError
 
     try:
@@ -100,6 +100,13 @@ def command(args: argparse.Namespace) -> int:
     except ResumeError as err:  # the saved run does not fit the one asked for: wrong input
         print(f"harness train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"harness train: interrupted; rerun with --resume to continue from the last "
+            f"checkpoint in {args.out}",
+            file=sys.stderr,
+        )
+        return 130
     except Exception as err:  # anything while training (a failed write, out of memory, ...)
         print(
             f"harness train: failed while training: {type(err).__name__}: {err} "
