@@ -10,7 +10,10 @@ A plan of --jobs one-unit jobs (tiny-mamba2, passkey, one sample, one length eac
    slots: Slurm runs that many jobs at once).
 Overhead per job = (Slurm's wall time x slots - the jobs' own time) / jobs: what a slot spends
 per job on anything but the job itself (sbatch, scheduling, srun, the worker's Python start
-and imports, pickles on disk, the driver noticing the result). Goal < 2 s. The jobs' own time
+and imports, pickles on disk, the driver noticing the result). Goal < 2 s. Two parts of it are
+timed apart, to say where it goes: a fresh Python importing the worker's modules (torch
+and harness.runner; paid by every job of any engine that starts a process per job), and an
+`srun -n1 true` round trip (Slurm's own start and end of a job step). The jobs' own time
 is each worker manifest's wall_time_s (model load and units). Both runs use one thread per
 process (OMP_NUM_THREADS=1), as the Slurm jobs do (--cpus-per-task 1). The machine's load
 average is printed beside every figure: on a shared machine it matters.
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +47,16 @@ def timed_run(args: list[str]) -> tuple[float, dict]:
         raise SystemExit(f"harness run {' '.join(args)} exited {code}")
     manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
     return wall, manifest
+
+
+def seconds(command: list[str], repeat: int = 3) -> float:
+    """Median wall seconds of a command."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def slots() -> int:
@@ -75,6 +89,12 @@ def cli() -> None:
         f"slurm: {ran} one-unit jobs on {width} slots in {wall:.1f} s (the same units in one "
         f"local process: {local:.1f} s, {wall / local:.1f}x); the jobs' own time {work:.1f} s; "
         f"overhead per job {overhead:.2f} s (goal < 2 s); {load()}"
+    )
+    imports = seconds([sys.executable, "-c", "import harness.runner"])
+    step = seconds(["srun", "-n1", "true"])
+    print(
+        f"of which: a fresh Python importing torch and harness.runner {imports:.2f} s; "
+        f"srun -n1 true {step:.2f} s; the rest {overhead - imports:.2f} s; {load()}"
     )
 
 
