@@ -136,5 +136,6 @@ MITIGATIONS = Registry(
         "a-scale": "harness.mitigations.scale:AScale",
         "state-norm": "harness.mitigations.state_norm:StateNorm",
         "window": "harness.mitigations.window:Window",
+        "longmamba": "harness.mitigations.longmamba:LongMamba",
     },
 )

@@ -79,3 +79,24 @@ def final_state_norms(model: LanguageModel, ids: list[int], under: Hooks | None)
     with installed(model, hooks):
         model.prefill(ids)
     return norms
+
+
+@torch.inference_mode()
+def calibration_decays(
+    model: LanguageModel, ids: list[int], under: Hooks | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (dt (T, h), dt * A (T, h)) of the scan while feeding `ids` (T tokens) from the
+    zero state, as the scan saw them (after `under`'s input transforms)."""
+    found: list[tuple[torch.Tensor, torch.Tensor]] = [None] * layer_count(model)  # type: ignore[list-item]
+
+    def observe(snapshot: StateSnapshot) -> None:
+        if snapshot.position == len(ids):
+            dt = snapshot.dt[0].float()  # (T, h)
+            A = snapshot.A if snapshot.A.dim() == 1 else snapshot.A[0]  # (h,) or (T, h)
+            found[snapshot.layer] = (dt.cpu(), (dt * A.float()).cpu())
+
+    base = under or Hooks()
+    hooks = Hooks(transform_inputs=base.transform_inputs, observer=observe, interval=len(ids))
+    with installed(model, hooks):
+        model.prefill(ids)
+    return found
