@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import calibrate as calibrate_cli
 from harness import identity
 from harness.executors import EXECUTORS, executor_class
 from harness.leaderboard import cli as leaderboard_cli
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train or continue a Mamba-2 (state passing, TBPTT) or a GPT-NeoX"
     )
     train_cli.add_arguments(train)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="per-layer dt or A scales minimising the loss at a target length"
+    )
+    calibrate_cli.add_arguments(calibrate)
 
     sub.add_parser(
         "lm-eval", add_help=False, help="lm-eval's CLI with the harness model and tasks registered"
@@ -399,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             return leaderboard_cli.command(args)
         if args.command == "train":
             return train_cli.command(args)
+        if args.command == "calibrate":
+            return calibrate_cli.command(args)
         if args.command == "status":
             from harness.executors.status import status_command
 

@@ -7,7 +7,8 @@
   insertion (Mamba Modulation's uniform form; no published value: pass s explicitly).
 
 One scale for every layer by default (`s`); `file=path.json` gives per-layer values, either a
-list with one number per layer or a map {"layer": s} whose missing layers take `s`. The file is
+list with one number per layer or a map {"layer": s} whose missing layers take `s`, or either
+under "scales" beside other keys (what `harness calibrate` writes, with its provenance). The file is
 read when the mitigation is built and checked against the model's layer count when its hooks
 are made; the per-layer values actually used are recorded in `artifacts()`.
 """
@@ -144,6 +145,8 @@ def _read_scales(name: str, path: str) -> LayerScales:
         raise MitigationError(f"{name}: scale file {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise MitigationError(f"{name}: scale file {path} is not JSON ({e})") from None
+    if isinstance(data, dict) and "scales" in data:  # `harness calibrate`'s file: + provenance
+        data = data["scales"]
     if isinstance(data, list):
         return [_positive(name, f"{path}[{i}]", s) for i, s in enumerate(data)]
     if isinstance(data, dict):
