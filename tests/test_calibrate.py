@@ -43,10 +43,10 @@ def test_same_seed_same_scales(model, method: str) -> None:
 
 def test_gradient_matches_finite_differences(model) -> None:
     kind, ids = parse_mitigation("a-scale:s=1"), docs(model, 300)
-    theta = torch.tensor([0.3, -0.2], dtype=torch.float64).float().requires_grad_(True)
+    theta = torch.tensor([0.3, -0.2]).requires_grad_(True)
     model.hooks = scale_hooks(kind, theta.exp())
     mean_loss(model, ids, 128).backward()
-    step = 1e-2
+    step = 0.1  # float32 losses: a smaller step drowns the difference in rounding (~5e-7)
     for layer in range(2):
         bump = torch.zeros(2)
         bump[layer] = step
@@ -56,7 +56,7 @@ def test_gradient_matches_finite_differences(model) -> None:
             with torch.no_grad():
                 losses.append(float(mean_loss(model, ids, 128)))
         numeric = (losses[0] - losses[1]) / (2 * step)
-        assert theta.grad[layer].item() == pytest.approx(numeric, rel=2e-2, abs=1e-5)
+        assert theta.grad[layer].item() == pytest.approx(numeric, abs=1e-5)
 
 
 def test_cli_writes_a_file_that_dt_scale_reads(tmp_path: Path) -> None:
