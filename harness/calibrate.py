@@ -179,7 +179,7 @@ def _grad(
         optimizer.zero_grad()
         loss = loss_with_grad(theta)
         loss.backward()
-        value = float(loss)
+        value = float(loss.detach())
         if value < best_loss:
             best, best_loss = theta.detach().clone(), value
         optimizer.step()
