@@ -195,6 +195,13 @@ def build_plan(
                     + ", ".join(sorted(mitigation.families))
                 )
         for task in tasks:
+            for mitigation in mitigations:
+                if mitigation.strategy() is not None and not task.prompt_parts:
+                    raise UsageError(
+                        f"mitigation {mitigation.spec!r} is an inference strategy that splits a "
+                        f"prompt's context; task {task.name!r} scores one whole sequence, so it "
+                        "cannot serve it (tasks that can: passkey)"
+                    )
             if model.family not in task.families:
                 raise UsageError(
                     f"task {task.name!r} does not apply to {model.name} (family {model.family}); "

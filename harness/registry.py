@@ -137,5 +137,6 @@ MITIGATIONS = Registry(
         "state-norm": "harness.mitigations.state_norm:StateNorm",
         "window": "harness.mitigations.window:Window",
         "longmamba": "harness.mitigations.longmamba:LongMamba",
+        "oprm": "harness.mitigations.oprm:OPRM",
     },
 )

@@ -305,6 +305,7 @@ class JobRunner:
             self.progress.describe(f"{model.info.name} {unit.mitigation.spec}")
             try:
                 model.hooks = unit.mitigation.hooks(model)
+                model.strategy = unit.mitigation.strategy()
                 key = f"{model.info.name}/{unit.mitigation.spec}"
                 self.artifacts[key] = unit.mitigation.artifacts()
                 self.hooked = (unit.mitigation.spec, None)

@@ -44,6 +44,9 @@ class Task(ABC):
     table: ClassVar[str]  # results/<table>/
     schema: ClassVar[pa.Schema]  # the task's own columns (the runner adds the common ones)
     families: ClassVar[frozenset[str]] = FAMILIES
+    prompt_parts: ClassVar[bool] = (
+        False  # builds PromptParts (an inference strategy may split them)
+    )
     # What `--option <task>.key=value` sets: a frozen dataclass (harness.settings).
     Settings: ClassVar[type] = NoSettings
 

@@ -102,6 +102,7 @@ class Passkey(Task):
         "passkey retrieval in a repetitive haystack (InfiniteBench template), by length and depth"
     )
     table = "passkey"
+    prompt_parts = True  # serves inference strategies that split the context (oprm)
     schema = pa.schema(
         [
             ("length", pa.int64()),
@@ -135,9 +136,13 @@ class Passkey(Task):
         return rows
 
     def _one(self, model: LanguageModel, sample: Sample, progress: Progress) -> dict[str, Any]:
-        ids = model.encode(build_prompt(model.encode, sample.length, sample.depth, sample.key))
+        from harness.models.base import PromptParts
+
+        text = build_prompt(model.encode, sample.length, sample.depth, sample.key)
+        parts = PromptParts(PREFIX, text[len(PREFIX) : -len(SUFFIX)], SUFFIX)
+        ids = model.encode(text)
         answer = model.encode(" " + sample.key)
-        logits, state = model.prefill(ids, progress=progress)
+        logits, state = model.prefill_prompt(parts, progress=progress)
         if not logits.isfinite().all():
             raise NonFiniteError(f"non-finite logits after a {len(ids)}-token prompt")
         key_logprob = model.score(logits, state.clone(), answer)

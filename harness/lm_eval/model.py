@@ -217,6 +217,12 @@ def _device(device: str | None) -> str:
 
 
 def _check_applies(mitigation: Mitigation, family: str, model_name: str) -> None:
+    if mitigation.strategy() is not None:
+        raise ModelArgsError(
+            f"mitigation {mitigation.spec!r} splits a prompt's context, and lm-eval requests do "
+            "not say which part of a prompt is the context; use it with `harness run --tasks "
+            "passkey`"
+        )
     if family not in mitigation.families:
         raise ModelArgsError(
             f"mitigation {mitigation.spec!r} does not apply to {model_name} (family {family}); "

@@ -15,7 +15,7 @@ from harness.models.catalog import FAMILIES
 from harness.settings import NoSettings, SettingError, build
 
 if TYPE_CHECKING:
-    from harness.models.base import LanguageModel
+    from harness.models.base import LanguageModel, PromptStrategy
     from harness.models.mamba2.hooks import Hooks
 
 
@@ -75,6 +75,11 @@ class Mitigation(ABC):
         """Files this mitigation reads, as written in its spec: their content is part of
         the identity of its results (harness.identity)."""
         return []
+
+    def strategy(self) -> PromptStrategy | None:
+        """How the model reads a prompt's parts (an inference strategy such as oprm); None:
+        as one sequence. Tasks that do not build prompt parts refuse a mitigation with one."""
+        return None
 
 
 class NoMitigation(Mitigation):

@@ -24,7 +24,7 @@ from harness.models.mamba2.hooks import Hooks, Scan, ScanInputs, StateSnapshot
 from harness.settings import NoSettings
 
 if TYPE_CHECKING:
-    from harness.models.base import LanguageModel
+    from harness.models.base import LanguageModel, PromptStrategy
 
 InputsFn = Callable[[int, ScanInputs], ScanInputs]
 StateFn = Callable[[int, torch.Tensor, int], torch.Tensor]
@@ -75,6 +75,10 @@ class Composite(Mitigation):
 
     def input_files(self) -> list[str]:
         return [path for part in self.parts for path in part.input_files()]
+
+    def strategy(self) -> PromptStrategy | None:
+        found = [s for part in self.parts if (s := part.strategy()) is not None]
+        return found[0] if found else None
 
 
 def compose(parts: Sequence[Mitigation]) -> Mitigation:

@@ -21,6 +21,28 @@ import torch.nn.functional as F
 Progress = Callable[[int], None]  # told the number of tokens of each chunk as it goes in
 
 
+@dataclass(frozen=True)
+class PromptParts:
+    """A prompt as a task builds it: an instruction, the long context, the question."""
+
+    prefix: str
+    context: str
+    suffix: str
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.context + self.suffix
+
+
+class PromptStrategy(Protocol):
+    """How a model reads a prompt of several parts (OPRM's chunked prefill); installed by a
+    mitigation as `model.strategy`."""
+
+    def prefill(
+        self, model: LanguageModel, parts: PromptParts, progress: Progress | None
+    ) -> tuple[torch.Tensor, State]: ...
+
+
 class State(Protocol):
     """What a family carries between calls of `forward` (KV cache, conv + SSM states...)."""
 
@@ -48,6 +70,7 @@ class LanguageModel(ABC):
 
     info: ModelInfo
     eos_token_id: int | None = None
+    strategy: PromptStrategy | None = None  # set by an inference-strategy mitigation (oprm)
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -90,6 +113,14 @@ class LanguageModel(ABC):
             if progress is not None:
                 progress(len(piece))
         return logits[0].float(), state
+
+    def prefill_prompt(
+        self, parts: PromptParts, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """`prefill` of the whole prompt, or as the installed strategy reads its parts."""
+        if self.strategy is not None:
+            return self.strategy.prefill(self, parts, progress)
+        return self.prefill(self.encode(parts.text), progress=progress)
 
     @torch.inference_mode()
     def generate(self, logits: torch.Tensor, state: State, max_new_tokens: int) -> list[int]:
