@@ -8,6 +8,7 @@ import torch
 from harness.models.base import ModelInfo
 from harness.models.mamba2 import Hooks, Mamba2, Mamba2Config, Mamba2LM, Mamba2State, ScanInputs
 from harness.models.mamba2.hooks import StateSnapshot
+from harness.models.mamba2.model import piece_tokens
 from harness.models.mamba2.ssd import scan
 
 LENGTH = 300
@@ -260,3 +261,15 @@ def test_last_only_gives_the_last_logits(model: Mamba2, ids: torch.Tensor) -> No
     last, state = model(ids[:, :90], last_only=True)
     assert last.shape == (2, 1, 112) and (last[:, 0] - full[:, -1]).abs().max() < 1e-5
     assert state.position == full_state.position == 90
+
+
+@torch.no_grad()
+def test_long_calls_go_through_in_pieces_exactly(model: Mamba2) -> None:
+    ids = torch.randint(0, 100, (1, 2 * piece_tokens(torch.device("cpu")) + 37))
+    full, state = model(ids)  # three pieces inside
+    split, split_state = in_pieces(model, ids, 1000)
+    assert (full - split).abs().max() < 1e-5
+    for a, b in zip(state.ssm, split_state.ssm, strict=True):
+        assert (a - b).abs().max() < 1e-5
+    last, _ = model(ids, last_only=True)
+    assert last.shape == (1, 1, 112) and (last[:, 0] - full[:, -1]).abs().max() < 1e-5

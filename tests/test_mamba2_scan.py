@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.mamba2.hooks import ScanInputs
-from harness.models.mamba2.ssd import BackendError, recurrent_step, resolve_backend, scan, ssd_scan
+from harness.models.mamba2.ssd import (
+    BackendError,
+    recurrent_step,
+    resolve_backend,
+    scan,
+    ssd_scan,
+    ssd_scan_chunks,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,14 +79,45 @@ def test_ssd_scan_matches_naive_recurrence(chunk: int, per_token_A: bool, groups
     close(h, h_ref)
 
 
-def test_ssd_scan_from_zero_state_and_strong_decay() -> None:
-    i = random_inputs(100)
-    A = i.A * 40  # decays down to exp(-hundreds) within a chunk: no NaN, no inf
-    y, h = ssd_scan(i.x, i.dt, A, i.B, i.C, 64)
+@pytest.mark.parametrize(("chunk", "piece_chunks"), [(1, 3), (7, 2), (16, 1), (8, 100), (64, 4)])
+@pytest.mark.parametrize("per_token_A", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_ssd_scan_chunks_matches_naive_and_the_chunk_loop(
+    chunk: int, piece_chunks: int, per_token_A: bool, groups: int
+) -> None:
+    i = random_inputs(45, groups=groups, per_token_A=per_token_A)
+    h0 = torch.randn(2, 4, 5, 3).transpose(-1, -2)  # (b, h, p, n), not contiguous
+    y, h = ssd_scan_chunks(i.x, i.dt, i.A, i.B, i.C, chunk, h0, piece_chunks)
+    y_ref, h_ref = naive_scan(i.x, i.dt, i.A, i.B, i.C, h0)
+    close(y, y_ref)
+    close(h, h_ref)
+    y_loop, h_loop = ssd_scan(i.x, i.dt, i.A, i.B, i.C, chunk, h0)
+    close(y, y_loop)
+    close(h, h_loop)
+
+
+@pytest.mark.parametrize("form", [ssd_scan, ssd_scan_chunks])
+def test_ssd_scan_from_zero_state_and_strong_decay(form: object) -> None:
+    i = random_inputs(300)
+    A = i.A * 40  # decays down to exp(-thousands) over the sequence: no NaN, no inf
+    y, h = form(i.x, i.dt, A, i.B, i.C, 16)  # type: ignore[operator]
     y_ref, h_ref = naive_scan(i.x, i.dt, A, i.B, i.C, None)
     assert torch.isfinite(y).all()
     close(y, y_ref)
     close(h, h_ref)
+
+
+def test_ssd_scan_chunks_autograd_matches_the_chunk_loop() -> None:
+    i = random_inputs(40, per_token_A=True)
+    grads = []
+    for form in (ssd_scan, ssd_scan_chunks):
+        x, B = i.x.clone().requires_grad_(), i.B.clone().requires_grad_()
+        y, h = form(x, i.dt, i.A, B, i.C, 8)
+        (y.square().sum() + h.sum()).backward()
+        grads.append((x.grad, B.grad))
+    for a, b in zip(*grads, strict=True):
+        assert a is not None and b is not None
+        close(a, b)
 
 
 @pytest.mark.parametrize("per_token_A", [False, True])

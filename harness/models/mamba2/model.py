@@ -276,9 +276,36 @@ class Mamba2(nn.Module):
         """ids (b, l) -> logits (b, l, padded vocab) float32, the state after the l tokens.
 
         last_only: the logits of the last token only, (b, 1, padded vocab), as a prefill needs
-        (the l x vocab logits are most of the memory of a long call)."""
+        (the l x vocab logits are most of the memory of a long call).
+        A long call goes through the layers in pieces of at most piece_tokens(device) tokens
+        with the state carried (exact, as for any split): the layers' working memory stays
+        bounded, and on CPU small tensors are reused by the allocator instead of being mapped
+        fresh, page by page, for every operation."""
         if state is None:
             state = self.init_state(ids.shape[0])
+        b, l = ids.shape
+        piece = piece_tokens(ids.device)
+        if l <= piece:
+            return self._forward(ids, state, hooks, backend, last_only)
+        V = self.config.padded_vocab_size
+        logits = None if last_only else torch.empty(b, l, V, device=ids.device)
+        for start in range(0, l, piece):
+            out, state = self._forward(
+                ids[:, start : start + piece], state, hooks, backend, last_only
+            )
+            if logits is not None:
+                logits[:, start : start + piece] = out
+        return out if logits is None else logits, state
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        state: Mamba2State,
+        hooks: Hooks | None,
+        backend: str,
+        last_only: bool,
+    ) -> tuple[torch.Tensor, Mamba2State]:
+        """forward for one piece."""
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
         partial = state.partial or [None] * len(self.layers)
         layers = []
@@ -297,3 +324,9 @@ class Mamba2(nn.Module):
             if any(layer.partial is not None for layer in layers)
             else None,
         )
+
+
+def piece_tokens(device: torch.device) -> int:
+    """Tokens per pass through the layers: 2048 on CPU (1.2x faster at 16K than one pass, from
+    fewer page faults), 65536 elsewhere (each pass launches its own kernels)."""
+    return 2048 if device.type == "cpu" else 65536

@@ -1,4 +1,4 @@
-"""The SSD scan of Mamba-2 in plain torch, chunk by chunk, and the scan dispatch.
+"""The SSD scan of Mamba-2 in plain torch, in two forms, and the scan dispatch.
 
 Per head, with decay alpha_t = exp(dt_t A_t) and insertion dt_t B_t x_t^T:
 
@@ -11,11 +11,21 @@ two low-rank terms, with cum_t = sum_{j <= t} dt_j A_j (log space, within the ch
     y_t  = sum_{s <= t} exp(cum_t - cum_s) (C_t . B_s) dt_s x_s   +   exp(cum_t) C_t h_0
     h_L  = exp(cum_L) h_0  +  sum_s exp(cum_L - cum_s) dt_s x_s B_s^T
 
-Chunks run one after the other carrying h, so memory holds one chunk's L x L block per head
-and the output, whatever the sequence length.
+ssd_scan runs the chunks one after the other carrying h, so memory holds one chunk's L x L
+block per head and the output, whatever the sequence length: the faster form on CPU. On a GPU
+that costs a few kernel launches per chunk; ssd_scan_chunks computes the chunks of a piece
+together and the states entering them from one product with the chunks' decays:
+
+    h_in(k) = exp(tot_0 + ... + tot_{k-1}) h_0 + sum_{j < k} exp(tot_{j+1} + ... + tot_{k-1}) own_j
+
+(tot_j: chunk j's cum_L; own_j: its state at its end from a zero start), as mamba-ssm's
+ssd_minimal does, so a piece of up to piece_chunks chunks takes a fixed number of kernels.
 """
 
 from __future__ import annotations
+
+import itertools
+from functools import cache
 
 import torch
 
@@ -73,8 +83,8 @@ def _chunk(
     # within the chunk, per head: decay[t, s] = exp(cum_t - cum_s) for s <= t, else 0
     cum_head = cum.permute(0, 2, 3, 1)  # (b, g, r, L)
     segment = cum_head[..., :, None] - cum_head[..., None, :]  # (b, g, r, L, L)
-    causal = torch.ones(L, L, dtype=torch.bool, device=dtx.device).tril()
-    decay = _exp(segment.masked_fill_(~causal, -torch.inf))
+    zero = _above_diagonal(L, dtx.device) | (segment < NEGLIGIBLE)  # see _exp
+    decay = torch.exp(segment.masked_fill_(zero, -torch.inf))
     scores = C @ B.transpose(-1, -2)  # (b, g, L, L): C_t . B_s, shared by the group's heads
     x_head = dtx.view(b, L, g, r, p).permute(0, 2, 3, 1, 4)  # (b, g, r, L, p)
     y_diag = (decay * scores[:, :, None]) @ x_head  # (b, g, r, L, p)
@@ -82,15 +92,119 @@ def _chunk(
     # from the state carried in: exp(cum_t) C_t h_0, one product per group over its r heads
     h0 = h0.reshape(b, g, r * p, n)
     y_state = (C @ h0.transpose(-1, -2)).view(b, g, L, r, p)  # (b, g, L, r, p)
-    y = y_diag.permute(0, 3, 1, 2, 4) + y_state.transpose(1, 2) * _exp(cum)[..., None]
+    y = torch.addcmul(y_diag.permute(0, 3, 1, 2, 4), y_state.transpose(1, 2), _exp(cum)[..., None])
 
     # the state carried out: exp(cum_L) h_0 + sum_s exp(cum_L - cum_s) (dt x)_s B_s^T
     to_end = _exp(cum[:, -1:] - cum)  # (b, L, g, r): retention from s to the chunk end
     x_end = (dtx.view(b, L, g, r, p) * to_end[..., None]).view(b, L, g, r * p)
     inserted = x_end.permute(0, 2, 3, 1) @ B  # (b, g, r p, n)
     decay_all = _exp(cum[:, -1]).view(b, g, r, 1, 1)  # exp(cum_L)
-    h_end = decay_all * h0.view(b, g, r, p, n) + inserted.view(b, g, r, p, n)
+    h_end = torch.addcmul(inserted.view(b, g, r, p, n), decay_all, h0.view(b, g, r, p, n))
     return y.reshape(b, L, h, p), h_end.view(b, h, p, n)
+
+
+def ssd_scan_chunks(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    initial_state: torch.Tensor | None = None,
+    piece_chunks: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ssd_scan with every chunk of a piece computed at once (as mamba-ssm's ssd_minimal does):
+    a fixed number of kernels per piece of up to piece_chunks chunks, whatever its length, the
+    state carried exactly from piece to piece. Same shapes and contract as ssd_scan."""
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    log_alpha = dt * A  # (b, l, h)
+    dtx = x * dt[..., None]  # (b, l, h, p)
+    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state
+    y = torch.empty_like(x)
+    whole = l - l % chunk_size  # the last, shorter chunk (if any) is a piece of its own
+    step = chunk_size * piece_chunks
+    cuts = [*range(0, whole, step), whole, l]
+    for start, end in itertools.pairwise(cuts):
+        if end == start:
+            continue
+        L = min(chunk_size, end - start)
+        y[:, start:end], state = _chunks(
+            dtx[:, start:end],
+            log_alpha[:, start:end],
+            B[:, start:end],
+            C[:, start:end],
+            state,
+            L,
+        )
+    return y, state
+
+
+def _chunks(
+    dtx: torch.Tensor,
+    log_alpha: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor,
+    L: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """c = l / L chunks of L tokens at once: _chunk's terms with a chunk axis c, and the states
+    entering the chunks from one product with the chunks' decays (a c + 1 square per head).
+
+    dtx (b, l, h, p), log_alpha (b, l, h), B and C (b, l, g, n), h0 (b, h, p, n)
+    -> y (b, l, h, p), the state after the l tokens (b, h, p, n).
+    """
+    b, l, h, p = dtx.shape
+    g, n = B.shape[-2:]
+    r, c = h // g, l // L
+    cum = log_alpha.view(b, c, L, g, r).cumsum(2)  # cum_t within each chunk
+    B = B.view(b, c, L, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, L, n)
+    C = C.view(b, c, L, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, L, n)
+
+    # within each chunk, as in _chunk: (decay * C_t . B_s) (dt x)_s
+    cum_head = cum.permute(0, 3, 4, 1, 2)  # (b, g, r, c, L)
+    segment = cum_head[..., :, None] - cum_head[..., None, :]  # (b, g, r, c, L, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=dtx.device).tril()
+    decay = _exp(segment.masked_fill_(~causal, -torch.inf))
+    scores = C @ B.transpose(-1, -2)  # (b, g, c, L, L)
+    x_head = dtx.view(b, c, L, g, r, p).permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, L, p)
+    y_diag = (decay * scores[:, :, None]) @ x_head  # (b, g, r, c, L, p)
+
+    # each chunk's own contribution to the state at its end, as if it started from zero
+    to_end = _exp(cum[:, :, -1:] - cum)  # (b, c, L, g, r)
+    x_end = (dtx.view(b, c, L, g, r, p) * to_end[..., None]).view(b, c, L, g, r * p)
+    own = (x_end.permute(0, 3, 1, 4, 2) @ B).view(b, g, c, r, p * n)  # (b, g, c, r, p n)
+
+    # states entering chunk k (k = 0..c, c: the final state) from h0 and the chunks before:
+    # entering_k = sum_j exp(total_{j+1} + ... + total_k) own_j, own_{-1} = h0, total_0 = 0
+    totals = torch.nn.functional.pad(cum[:, :, -1].permute(0, 2, 3, 1), (1, 0))  # (b,g,r,c+1)
+    carried = _exp(_segment_sums(totals))  # (b, g, r, c + 1, c + 1)
+    own = torch.cat([h0.reshape(b, g, r, 1, p * n), own.transpose(2, 3)], dim=3)
+    entering = carried @ own  # (b, g, r, c + 1, p n)
+
+    # from the state entering each chunk: exp(cum_t) C_t h_k, one product per group
+    h_in = entering[:, :, :, :c].reshape(b, g, r, c, p, n).permute(0, 1, 3, 2, 4, 5)
+    y_state = C @ h_in.reshape(b, g, c, r * p, n).transpose(-1, -2)  # (b, g, c, L, r p)
+    y_state = y_state.view(b, g, c, L, r, p).permute(0, 2, 3, 1, 4, 5) * _exp(cum)[..., None]
+    y = y_diag.permute(0, 3, 4, 1, 2, 5) + y_state  # (b, c, L, g, r, p)
+    return y.reshape(b, l, h, p), entering[:, :, :, c].reshape(b, h, p, n)
+
+
+def _segment_sums(totals: torch.Tensor) -> torch.Tensor:
+    """totals (..., m) -> (..., m, m): [k, j] = totals_{j+1} + ... + totals_k for j <= k, -inf
+    above the diagonal. Summed per entry rather than as a difference of running sums, which
+    would lose float32 digits once the running sum is large."""
+    m = totals.shape[-1]
+    lower = torch.ones(m, m, dtype=torch.bool, device=totals.device).tril()
+    terms = totals[..., :, None].expand(*totals.shape, m).masked_fill(lower.T, 0.0)
+    sums = terms.cumsum(-2)  # [k, j] = sum over j < i <= k of totals_i
+    return sums.masked_fill(~lower, -torch.inf)
+
+
+@cache
+def _above_diagonal(L: int, device: torch.device) -> torch.Tensor:
+    """(L, L) bool, True for s > t: the future, whose decay is 0."""
+    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
 
 
 def _exp(log_decay: torch.Tensor) -> torch.Tensor:
@@ -125,10 +239,12 @@ def scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The engine's scan: inputs and h0 (b, h, p, n) or None (zero) -> y (b, l, h, p), h.
 
-    backend: "torch" (ssd_scan), "triton" (mamba-ssm's kernels) or "auto" (triton on CUDA when
-    mamba-ssm is installed). A single token takes the recurrent step on any backend. The torch
-    backend takes chunks of at most TORCH_CHUNK tokens, its fastest on CPU (the L x L block costs
-    L per token; the chunk changes the result by float32 rounding only).
+    backend: "torch", "triton" (mamba-ssm's kernels) or "auto" (triton on CUDA when mamba-ssm
+    is installed). A single token takes the recurrent step on any backend. The torch backend
+    takes chunks of at most TORCH_CHUNK tokens (the L x L block costs L per token; the chunk
+    changes the result by float32 rounding only): on CPU one chunk after the other (ssd_scan,
+    the faster there: a chunk's blocks stay in cache), elsewhere all chunks of a piece at once
+    (ssd_scan_chunks: a fixed number of kernel launches per piece).
     """
     x, dt, A, B, C = inputs.x, inputs.dt, inputs.A, inputs.B, inputs.C
     if x.shape[1] == 1:
@@ -137,7 +253,8 @@ def scan(
         from harness.models.mamba2.triton_scan import triton_scan
 
         return triton_scan(x, dt, A, B, C, chunk_size, h0)
-    return ssd_scan(x, dt, A, B, C, min(chunk_size, TORCH_CHUNK), h0)
+    torch_scan = ssd_scan if x.device.type == "cpu" else ssd_scan_chunks
+    return torch_scan(x, dt, A, B, C, min(chunk_size, TORCH_CHUNK), h0)
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
