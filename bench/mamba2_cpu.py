@@ -1,28 +1,27 @@
-"""CPU throughput and peak memory: our Mamba-2 against transformers' Mamba2, same weights.
+"""CPU speed of our Mamba-2 against the matmul floor and transformers' Mamba2; peak memory.
 
-    python bench/mamba2_cpu.py                        # all: 130m-shaped and tiny, 4K and 16K
-    python bench/mamba2_cpu.py --models tiny --lengths 4096
-    python bench/mamba2_cpu.py --losses               # token_losses memory, tiny, 64K vs 1M
-    python bench/mamba2_cpu.py --threads 1            # on a shared machine (see below)
+    python bench/mamba2_cpu.py                          # speed, 130m-shaped, 4K 16K 64K
+    python bench/mamba2_cpu.py --lengths 4096 --rounds 3
+    python bench/mamba2_cpu.py --memory                 # peak memory of each configuration
+    python bench/mamba2_cpu.py --losses                 # token_losses memory, tiny, 64K vs 1M
 
-Every measurement runs in a fresh subprocess, so its peak RSS (getrusage ru_maxrss, which sees
-torch's allocations, unlike tracemalloc) belongs to that measurement alone. Both engines compute
-float32 logits in one forward pass, after a short warm-up: of every token (mode "all"), or of
-the last one (mode "last", a prefill: transformers' logits_to_keep=1, our last_only), where the
-layers' working memory shows. "fwd peak" is the peak RSS minus the RSS with the model loaded:
-what the forward pass added; "- logits" takes away the logits' size (a peak is not a sum, so
-this is only a hint of what the layers took). Weights are
-random (seed 0), saved once in transformers' format and loaded by both engines.
+Weights are random (seed 0), saved once in transformers' format and loaded by both engines.
+Both compute a prefill: float32 logits of the last token only (ours `last_only`, transformers
+`logits_to_keep=1`), or with --modes all,last also every token's.
 
-On a machine whose cores other processes also use, torch's default of one OpenMP thread per
-core stalls every parallel op waiting for a descheduled thread (here 10-30x slower for the small
-ops of a tiny model): pass --threads 1 there, and compare only figures taken together.
+Speed (default): one process holds both engines and times them in alternating order, round
+after round, so that both see the same load; "ours / theirs" is the median of the per-round
+ratios. Time is the thread's CPU time with one torch thread: on a machine other jobs share,
+wall time measures the scheduler, CPU time the work ("wall / CPU" shows the load). The floor
+is the shape's FLOPs per token (the projections and the scan's products at chunk 64; the conv,
+the gates and the norms count nothing) over the rate of the in_proj matmul of a 2048-token piece
+((2048 x 768) @ (768 x 3352) at 130m), timed in the same process before and after every pass,
+the best kept; "of floor" is the fraction of it that ours reaches. transformers runs at lengths
+up to --max-transformers only (beyond, its CPU path takes many minutes and GiBs).
 
-glibc's malloc raises its mmap threshold (up to 32 MiB) once a large block is freed; blocks
-below it then come from the heap, which fragments: our layers' tensors of a few tens of MiB
-leave the RSS growing layer after layer (a few hundred MiB at 4K tokens, 130m), transformers'
-larger ones do not. MALLOC_MMAP_THRESHOLD_=1048576 in the environment fixes the threshold (the
-workers inherit it): compare both ways.
+Memory (--memory): every configuration in a fresh process that reports its own high-water mark
+(VmHWM in /proc/self/status; ru_maxrss is inherited from the parent process). "fwd peak" is the
+rise over the memory with the model loaded: the mark is reset there (/proc/self/clear_refs).
 """
 
 from __future__ import annotations
@@ -30,13 +29,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,16 +48,24 @@ SHAPES = {  # name -> Mamba2Config fields
 }
 ENGINES = ("ours", "transformers")
 WARMUP_TOKENS = 256
+FLOOR_PIECE = 2048  # tokens of the matmul that sets the floor (the engine's CPU piece)
 
 
-def rss_mb() -> float:
-    """Resident memory now (MiB), from /proc/self/statm."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def reset_peak() -> bool:
+    """Set VmHWM to the current VmRSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def save_weights(shape: str, directory: Path) -> None:
@@ -67,74 +75,166 @@ def save_weights(shape: str, directory: Path) -> None:
     save_pretrained(Mamba2(Mamba2Config(**SHAPES[shape])), directory, format="hf")
 
 
-def forward_worker(
-    engine: str, weights: Path, length: int, mode: str, repeat: int
-) -> dict[str, float]:
-    """Load one engine, time forward passes over `length` random tokens: the best of `repeat`."""
-    last_only = mode == "last"
+def load_engine(engine: str, weights: Path, last_only: bool) -> tuple[Callable, int]:
+    """-> a function ids (1, l) -> float32 logits, and the vocabulary size of its ids."""
     if engine == "ours":
         from harness.models.mamba2 import load_mamba2
 
         model = load_mamba2(weights).eval()
-        vocab = model.config.padded_vocab_size
+        return (
+            lambda ids: model(ids, backend="torch", last_only=last_only)[0]
+        ), model.config.padded_vocab_size
+    from transformers import Mamba2ForCausalLM
 
-        def run(ids: torch.Tensor) -> torch.Tensor:
-            return model(ids, backend="torch", last_only=last_only)[0]
-    else:
-        from transformers import Mamba2ForCausalLM
+    hf = Mamba2ForCausalLM.from_pretrained(weights).eval()
+    keep = int(last_only)
+    return (
+        lambda ids: hf(ids, use_cache=False, logits_to_keep=keep).logits.float()
+    ), hf.config.vocab_size
 
-        hf = Mamba2ForCausalLM.from_pretrained(weights).eval()
-        vocab = hf.config.vocab_size
 
-        def run(ids: torch.Tensor) -> torch.Tensor:
-            return hf(ids, use_cache=False, logits_to_keep=int(last_only)).logits.float()
+def flops_per_token(shape: str, chunk: int = 64) -> float:
+    """Multiply-adds x 2 per token of a prefill: in_proj, out_proj, and the scan's products
+    (C B^T and its product with x within a chunk, the state's read and its update)."""
+    from harness.models.mamba2 import Mamba2Config
 
-    ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1))
+    c = Mamba2Config(**SHAPES[shape])
+    h, p, n, g = c.nheads, c.headdim, c.d_state, c.ngroups
+    projections = 2 * c.d_model * c.d_in_proj + 2 * c.d_inner * c.d_model
+    scan = 2 * g * chunk * n + 2 * h * chunk * p + 4 * h * p * n
+    return c.n_layer * (projections + scan)
+
+
+def matmul_rate(shape: str) -> float:
+    """FLOP per CPU second of the in_proj matmul of a FLOOR_PIECE-token piece, best of 3."""
+    from harness.models.mamba2 import Mamba2Config
+
+    c = Mamba2Config(**SHAPES[shape])
+    a, w = torch.randn(FLOOR_PIECE, c.d_model), torch.randn(c.d_model, c.d_in_proj)
+    best = float("inf")
+    for _ in range(3):
+        start = time.thread_time()
+        a @ w
+        best = min(best, time.thread_time() - start)
+    return 2 * FLOOR_PIECE * c.d_model * c.d_in_proj / best
+
+
+def timed(run: Callable, ids: torch.Tensor) -> dict[str, float]:
+    """One forward pass: CPU and wall seconds, minor page faults."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu, wall = time.thread_time(), time.perf_counter()
+    logits = run(ids)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    assert torch.isfinite(logits[:, -1]).all()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"cpu": cpu, "wall": wall, "faults": faults}
+
+
+@torch.inference_mode()
+def speed(args: argparse.Namespace, work: Path) -> list[dict]:
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, CPU time, {args.rounds} rounds, load {load()}")
+    head = ["shape", "tokens", "ours tok/s", "floor tok/s", "of floor", "faults/fwd"]
+    head += ["theirs tok/s", "ours/theirs", "wall/CPU"]
+    print(" ".join(f"{h:>12}" for h in head))
+    figures = []
+    for shape in args.models.split(","):
+        save_weights(shape, work / shape)
+        engines = {e: load_engine(e, work / shape, True) for e in args.engines.split(",")}
+        flops = flops_per_token(shape)
+        for length in (int(n) for n in args.lengths.split(",")):
+            present = [e for e in engines if e == "ours" or length <= args.max_transformers]
+            ids = torch.randint(0, engines["ours"][1], (1, length), generator=seeded())
+            for engine in present:
+                engines[engine][0](ids[:, :WARMUP_TOKENS])
+            runs: dict[str, list[dict[str, float]]] = {e: [] for e in present}
+            rates = [matmul_rate(shape)]
+            for round_ in range(args.rounds):
+                for engine in present if round_ % 2 == 0 else present[::-1]:
+                    runs[engine].append(timed(engines[engine][0], ids))
+                    rates.append(matmul_rate(shape))
+            figures.append(summary(shape, length, runs, max(rates) / flops))
+            print(row(figures[-1]), flush=True)
+    return figures
+
+
+def summary(shape: str, length: int, runs: dict, floor: float) -> dict:
+    ours = runs["ours"]
+    figure = {
+        "shape": shape,
+        "tokens": length,
+        "ours_tokens_per_s": length / min(r["cpu"] for r in ours),
+        "floor_tokens_per_s": floor,
+        "faults_per_forward": statistics.median(r["faults"] for r in ours),
+        "wall_over_cpu": statistics.median(r["wall"] / r["cpu"] for r in ours),
+    }
+    figure["of_floor"] = figure["ours_tokens_per_s"] / floor
+    if "transformers" in runs:
+        theirs = runs["transformers"]
+        figure["theirs_tokens_per_s"] = length / min(r["cpu"] for r in theirs)
+        ratios = [t["cpu"] / o["cpu"] for o, t in zip(ours, theirs, strict=True)]
+        figure["ours_over_theirs"] = statistics.median(ratios)
+    return figure
+
+
+def row(f: dict) -> str:
+    cells = [f["shape"], f["tokens"], f"{f['ours_tokens_per_s']:.1f}"]
+    cells += [f"{f['floor_tokens_per_s']:.1f}", f"{f['of_floor']:.2f}"]
+    cells += [f"{f['faults_per_forward']:.0f}", f"{f.get('theirs_tokens_per_s', 0):.1f}"]
+    cells += [f"{f.get('ours_over_theirs', 0):.2f}x", f"{f['wall_over_cpu']:.1f}"]
+    return " ".join(f"{c:>12}" for c in cells)
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(1)
+
+
+def memory_worker(engine: str, weights: Path, length: int, mode: str) -> dict[str, float]:
+    """In a fresh process: one forward pass, the process's own peak."""
+    torch.set_num_threads(1)
+    run, vocab = load_engine(engine, weights, mode == "last")
+    ids = torch.randint(0, vocab, (1, length), generator=seeded())
     with torch.inference_mode():
         run(ids[:, :WARMUP_TOKENS])
-        loaded = rss_mb()
-        seconds = math.inf
-        for _ in range(repeat):
-            start = time.perf_counter()
-            logits = run(ids)
-            seconds = min(seconds, time.perf_counter() - start)
-            assert logits.shape == (1, 1 if last_only else length, vocab)
-            assert torch.isfinite(logits[:, -1]).all()
-            del logits  # before the next pass makes its own
-    peak = peak_rss_mb()
+        loaded = status_mb("VmRSS")
+        reset = reset_peak()
+        logits = run(ids)
+        assert torch.isfinite(logits[:, -1]).all()
+    peak = status_mb("VmHWM")
     return {
-        "tokens_per_s": length / seconds,
         "peak_mb": peak,
-        "forward_peak_mb": peak - loaded,
-        "logits_mb": (1 if last_only else length) * vocab * 4 / 2**20,
+        "forward_peak_mb": peak - loaded if reset else float("nan"),
+        "logits_mb": logits.numel() * 4 / 2**20,
     }
 
 
 def losses_worker(weights: Path, length: int, chunk: int) -> dict[str, float]:
-    """Peak memory of Mamba2LM.token_losses over `length` tokens (tiny model, byte tokens)."""
+    """In a fresh process: Mamba2LM.token_losses over `length` tokens (byte tokens)."""
     from harness.models.base import ModelInfo
     from harness.models.mamba2 import Mamba2LM, load_mamba2
     from harness.models.tokenizer import byte_tokenizer
 
+    torch.set_num_threads(1)
     module = load_mamba2(weights).eval()
     info = ModelInfo("bench", "bench", "mamba2", 0, None, 0, "", "float32", "cpu", "torch")
     lm = Mamba2LM(module, byte_tokenizer(), info, backend="torch")
-    ids = torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 256, (length,), generator=seeded())
     lm.token_losses(ids[: 2 * chunk], chunk=chunk)
-    loaded = rss_mb()
-    start = time.perf_counter()
+    loaded = status_mb("VmRSS")
+    reset = reset_peak()
     losses = lm.token_losses(ids, chunk=chunk)
-    seconds = time.perf_counter() - start
-    peak = peak_rss_mb()
     assert losses.shape == (length - 1,) and torch.isfinite(losses).all()
-    return {"tokens_per_s": length / seconds, "peak_mb": peak, "forward_peak_mb": peak - loaded}
+    peak = status_mb("VmHWM")
+    return {"peak_mb": peak, "forward_peak_mb": peak - loaded if reset else float("nan")}
 
 
-def measure(threads: int | None, *args: str) -> dict[str, float]:
-    """One measurement in a fresh interpreter."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+def fresh(*args: str) -> dict[str, float]:
+    """One worker in a fresh interpreter."""
+    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, __file__, "--worker", *args], env=env, capture_output=True, text=True
     )
@@ -143,91 +243,66 @@ def measure(threads: int | None, *args: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def row(label: str, result: dict[str, float]) -> str:
-    beyond = result["forward_peak_mb"] - result.get("logits_mb", 0.0)
-    return (
-        f"{label:<34} {result['tokens_per_s']:>10.1f} {result['peak_mb']:>10.0f} "
-        f"{result['forward_peak_mb']:>10.0f} {beyond:>10.0f}"
-    )
-
-
-HEADER = f"{'':<34} {'tokens/s':>10} {'peak MiB':>10} {'fwd peak':>10} {'- logits':>10}"
-
-
-def compare(
-    shapes: list[str],
-    lengths: list[int],
-    engines: list[str],
-    modes: list[str],
-    threads: int | None,
-    repeat: int,
-    work: Path,
-) -> None:
-    print(f"torch {torch.__version__}, {threads or torch.get_num_threads()} threads")
-    print(HEADER)
-    for shape in shapes:
-        weights = work / shape
-        save_weights(shape, weights)
-        for length, mode in itertools.product(lengths, modes):
-            results = {
-                e: measure(threads, "forward", e, str(weights), str(length), mode, str(repeat))
-                for e in engines
-            }
-            for engine, result in results.items():
-                print(row(f"{shape} {length:>6} {mode:<4} {engine}", result), flush=True)
-            if len(results) == 2:
-                ours, theirs = results["ours"], results["transformers"]
-                speed = ours["tokens_per_s"] / theirs["tokens_per_s"]
-                ratios = [
-                    ours[key] / max(theirs[key], 1.0) for key in ("peak_mb", "forward_peak_mb")
-                ]
+def memory(args: argparse.Namespace, work: Path) -> None:
+    print(f"{'':<34} {'peak MiB':>10} {'fwd peak':>10} {'- logits':>10}")
+    lengths = [int(n) for n in args.lengths.split(",")]
+    for shape in args.models.split(","):
+        save_weights(shape, work / shape)
+        for length, mode in itertools.product(lengths, args.modes.split(",")):
+            for engine in args.engines.split(","):
+                if engine == "transformers" and length > args.max_transformers:
+                    continue
+                r = fresh("memory", engine, str(work / shape), str(length), mode)
+                label = f"{shape} {length:>6} {mode:<4} {engine}"
+                beyond = r["forward_peak_mb"] - r["logits_mb"]
                 print(
-                    f"{'ours / transformers':<34} {speed:>10.2f} {ratios[0]:>10.2f} "
-                    f"{ratios[1]:>10.2f}"
+                    f"{label:<34} {r['peak_mb']:>10.0f} {r['forward_peak_mb']:>10.0f} "
+                    f"{beyond:>10.0f}",
+                    flush=True,
                 )
 
 
-def losses(lengths: list[int], chunk: int, threads: int | None, work: Path) -> None:
-    print(HEADER)
+def losses(args: argparse.Namespace, work: Path) -> None:
     save_weights("tiny", work / "tiny")
-    weights = str(work / "tiny")
-    results = [measure(threads, "losses", weights, str(n), str(chunk)) for n in lengths]
-    for n, result in zip(lengths, results, strict=True):
-        print(row(f"tiny token_losses {n:>8} chunk {chunk}", result), flush=True)
-    ratio = results[-1]["peak_mb"] / results[0]["peak_mb"]
-    print(f"peak RSS {lengths[-1]} / {lengths[0]} tokens: {ratio:.2f}x")
+    lengths = [65536, 1 << 20]
+    results = [fresh("losses", str(work / "tiny"), str(n), str(args.chunk)) for n in lengths]
+    for n, r in zip(lengths, results, strict=True):
+        print(f"tiny token_losses {n:>8} chunk {args.chunk}: peak {r['peak_mb']:.0f} MiB")
+    ratio = results[1]["peak_mb"] / results[0]["peak_mb"]
+    print(f"peak {lengths[-1]} / {lengths[0]} tokens: {ratio:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="130m,tiny")
-    parser.add_argument("--lengths", default="4096,16384")
+    parser.add_argument("--models", default="130m")
+    parser.add_argument("--lengths", default="4096,16384,65536")
     parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument(
-        "--modes", default="all,last", help="logits of all tokens, or of the last (a prefill)"
-    )
+    parser.add_argument("--modes", default="last", help="memory: last and/or all logits")
+    parser.add_argument("--rounds", type=int, default=2, help="speed: passes of each engine")
+    parser.add_argument("--max-transformers", type=int, default=16384, help="longest for theirs")
+    parser.add_argument("--memory", action="store_true", help="peak memory, fresh processes")
     parser.add_argument("--losses", action="store_true", help="token_losses memory, 64K vs 1M")
     parser.add_argument("--chunk", type=int, default=2048, help="token_losses chunk")
-    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    parser.add_argument("--repeat", type=int, default=1, help="forward passes: the best counts")
+    parser.add_argument("--json", type=Path, help="speed: also write the figures here")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        if kind == "forward":
-            result = forward_worker(rest[0], Path(rest[1]), int(rest[2]), rest[3], int(rest[4]))
+        if kind == "memory":
+            result = memory_worker(rest[0], Path(rest[1]), int(rest[2]), rest[3])
         else:
             result = losses_worker(Path(rest[0]), int(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as work:
         if args.losses:
-            losses([65536, 1 << 20], args.chunk, args.threads, Path(work))
+            losses(args, Path(work))
+        elif args.memory:
+            memory(args, Path(work))
         else:
-            lengths = [int(n) for n in args.lengths.split(",")]
-            models, engines = args.models.split(","), args.engines.split(",")
-            modes = args.modes.split(",")
-            compare(models, lengths, engines, modes, args.threads, args.repeat, Path(work))
+            figures = speed(args, Path(work))
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":
