@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -90,6 +92,22 @@ def test_bf16_weights_keep_float32_state_and_logits(ids: torch.Tensor) -> None:
     assert step.dtype == torch.float32 and state.ssm[0].dtype == torch.float32
     reference, _ = fp32(ids[:, :80])
     assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+@torch.no_grad()
+def test_bf16_projections_keep_the_rest_float32(model: Mamba2, ids: torch.Tensor) -> None:
+    mixed = copy.deepcopy(model).set_projection_dtype(torch.bfloat16)
+    mixer = mixed.layers[0].mixer
+    assert mixer.in_proj.weight.dtype == mixer.out_proj.weight.dtype == torch.bfloat16
+    assert mixed.embedding.weight.dtype == mixed.lm_head.weight.dtype == torch.bfloat16
+    for small in (mixer.A_log, mixer.dt_bias, mixer.D, mixer.conv1d.weight, mixer.norm.weight):
+        assert small.dtype == torch.float32
+    logits, state = mixed(ids[:, :80])
+    step, state = mixed(ids[:, 80:81], state)
+    assert logits.dtype == step.dtype == torch.float32 and state.ssm[0].dtype == torch.float32
+    reference, _ = model(ids[:, :81])
+    assert (logits - reference[:, :80]).abs().max() < 0.05 * reference.abs().max()
+    assert (step - reference[:, 80:]).abs().max() < 0.05 * reference.abs().max()
 
 
 # --- hooks -------------------------------------------------------------------------------

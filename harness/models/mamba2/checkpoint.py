@@ -35,7 +35,8 @@ class CheckpointError(ValueError):
 def load_mamba2(
     path_or_repo: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Mamba2:
-    """A Mamba-2 from a local checkpoint directory or a hub id, in either format."""
+    """A Mamba-2 from a local checkpoint directory or a hub id, in either format; dtype is that
+    of its projections (Mamba2.set_projection_dtype), everything else is float32."""
     directory = _local_dir(path_or_repo)
     config_file = directory / CONFIG
     if not config_file.is_file():
@@ -53,7 +54,7 @@ def load_mamba2(
     model.load_state_dict(tensors, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.embedding.weight
-    return model.to(device=device, dtype=dtype)
+    return model.to(device=device, dtype=torch.float32).set_projection_dtype(dtype)
 
 
 def save_pretrained(model: Mamba2, directory: str | Path, format: Format = "state-spaces") -> Path:

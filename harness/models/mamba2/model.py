@@ -106,6 +106,7 @@ class Mixer(nn.Module):
         """u (b, l, d_model) -> out (b, l, d_model), this layer's new state."""
         c = self.config
         b, l, _ = u.shape
+        u = u.to(self.in_proj.weight.dtype)
         z, xBC, dt = self.in_proj(u).split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
         xBC, conv_state = self.causal_conv(xBC, state.conv)
         x, B, C = xBC.float().split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
@@ -120,7 +121,7 @@ class Mixer(nn.Module):
         y, state = run_scan(self.layer, inputs, state, hooks, backend, c.chunk_size)
         y = y + self.D.float()[:, None] * inputs.x  # (b, l, h, p)
         y = self.norm(y.reshape(b, l, c.d_inner), z)
-        return self.out_proj(y.to(u.dtype)), replace(state, conv=conv_state)
+        return self.out_proj(y.to(self.out_proj.weight.dtype)), replace(state, conv=conv_state)
 
     def causal_conv(
         self, xBC: torch.Tensor, conv_state: torch.Tensor
@@ -258,6 +259,17 @@ class Mamba2(nn.Module):
             mixer.D.fill_(1.0)
             mixer.out_proj.weight.div_(math.sqrt(self.config.n_layer))
 
+    def set_projection_dtype(self, dtype: torch.dtype) -> Mamba2:
+        """The projections (embedding, in_proj, out_proj, lm_head: nearly all the weights and
+        the FLOPs) in dtype; the per-head parameters, the conv, the norms, the residual stream,
+        the scan and its state stay float32."""
+        self.embedding.to(dtype)
+        self.lm_head.to(dtype)
+        for block in self.layers:
+            block.mixer.in_proj.to(dtype)
+            block.mixer.out_proj.to(dtype)
+        return self
+
     def init_state(self, batch: int = 1) -> Mamba2State:
         c, weight = self.config, self.embedding.weight
         conv = [
@@ -315,7 +327,7 @@ class Mamba2(nn.Module):
             layers.append(layer)
         if last_only:
             u = u[:, -1:]
-        logits = self.lm_head(self.norm_f(u)).float()
+        logits = self.lm_head(self.norm_f(u).to(self.lm_head.weight.dtype)).float()
         return logits, Mamba2State(
             conv=[layer.conv for layer in layers],
             ssm=[layer.ssm for layer in layers],
