@@ -219,3 +219,12 @@ def test_two_processes_saving_the_cache_keep_each_others_digests(tmp_path: Path)
     second.save()
     stored = json.loads(identity.cache_file().read_text())["files"]
     assert {str(one.resolve()), str(two.resolve())} <= set(stored)
+
+
+def test_every_mitigation_at_its_defaults_reads_no_file() -> None:
+    """A spec without `file=` names no input file (and building its units does not fail)."""
+    from harness.mitigations import parse_mitigation
+    from harness.registry import MITIGATIONS
+
+    for name in MITIGATIONS.names():
+        assert identity.input_identities(parse_mitigation(name)) == {}, name

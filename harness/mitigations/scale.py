@@ -106,7 +106,7 @@ class LayerScale(Mitigation):
         return {"scales": self.scales} if self.scales is not None else {}
 
     def input_files(self) -> list[str]:
-        return [self.params["file"]] if self.params["file"] else []
+        return [self.settings.file] if self.settings.file else []
 
 
 class DtScale(LayerScale):
