@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -198,7 +199,7 @@ def list_command(what: str) -> None:
         except RegistryError as err:  # a broken plugin: say so, list the others
             print(f"{name}: {err}")
             continue
-        print(f"{name}: {cls.description}")
+        print(f"{name}: {cls.description} (families: {', '.join(sorted(cls.families))})")
         settings = describe(cls.Settings)
         if settings:
             print(f"  {how.format(name=name)}, KEY=default (type): meaning")
@@ -206,6 +207,16 @@ def list_command(what: str) -> None:
         width = max(map(len, written), default=0)
         for s, key in zip(settings, written, strict=True):
             print(f"    {key:<{width}}  ({s.kind}) {s.help}")
+
+
+def list_to_stdout(what: str) -> int:
+    """list_command; a reader that stops early (`harness list tasks | head`) is no error."""
+    try:
+        list_command(what)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+    return 0
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
@@ -399,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "list":
-            list_command(args.what)
-            return 0
+            return list_to_stdout(args.what)
         if args.command == "leaderboard":
             return leaderboard_cli.command(args)
         if args.command == "train":

@@ -174,3 +174,15 @@ def test_cli_dtype_choices_are_the_runners() -> None:
     from harness.runner import DTYPES
 
     assert list(DTYPE_NAMES) == list(DTYPES)
+
+
+def test_list_into_a_closed_pipe_is_no_error() -> None:
+    """`harness list tasks | head -0`: the reader is gone before anything is written."""
+    code = "import sys; from harness.cli import main; sys.exit(main(['list', 'tasks']))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait() == 0 and err == "", err
