@@ -211,6 +211,7 @@ def train_cli(*argv: str) -> int:
         (["--model", "gpt-neox", "--data", "passkey@x"], "bad ratio"),
         (["--model", "mamba3", "--data", "passkey"], "unknown model"),
         (["--model", "gpt-neox", "--data", "passkey", "--steps", "0"], "--steps"),
+        (["--model", "gpt-neox", "--data", "passkey", "--tokenizer", __file__], "not a tokenizer"),
     ],
 )
 def test_wrong_input_exits_2(

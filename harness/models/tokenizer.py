@@ -53,7 +53,12 @@ class TextTokenizer:
 
     @classmethod
     def from_file(cls, path: Path, eos_token: str | None) -> TextTokenizer:
-        return cls(Tokenizer.from_file(str(path)), eos_token)
+        """ValueError naming the file when `tokenizers` cannot read it."""
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+            raise ValueError(f"{path} is not a tokenizer.json tokenizers reads: {err}") from None
+        return cls(backend, eos_token)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids

@@ -92,7 +92,7 @@ def command(args: argparse.Namespace) -> int:
 
     try:
         trainer = _trainer(args)
-    except ValueError as err:  # DataError, ModelChoiceError, ModelError, ResumeError, ...
+    except (ValueError, OSError) as err:  # DataError, ModelError, ResumeError, unreadable files
         print(f"harness train: error: {err}", file=sys.stderr)
         return 2
     try:
