@@ -76,6 +76,24 @@ def test_parity_with_transformers_in_both_formats(
 
 
 @torch.no_grad()
+@pytest.mark.parametrize(("groups", "chunk"), [(1, 16), (2, 7)])
+def test_chunk_vectorised_scan_matches_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, groups: int, chunk: int
+) -> None:
+    """The form the torch backend takes off CPU (ssd_scan_chunks), run here on CPU."""
+    from transformers import Mamba2ForCausalLM
+
+    from harness.models.mamba2 import ssd
+
+    hf_model(4, 8, groups, chunk).save_pretrained(tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 45), generator=torch.Generator().manual_seed(0))
+    reference = Mamba2ForCausalLM.from_pretrained(tmp_path).eval()(ids).logits
+    monkeypatch.setattr(ssd, "ssd_scan", ssd.ssd_scan_chunks)
+    logits, _ = load_mamba2(tmp_path)(ids)
+    assert (logits - reference).abs().max() < 1e-4
+
+
+@torch.no_grad()
 def test_our_hf_format_loads_in_transformers(tmp_path: Path) -> None:
     from transformers import Mamba2ForCausalLM
 
