@@ -160,6 +160,18 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 EOF
 }
 
+# cancel_jobs: cancel every job of the cluster and wait until none is left, so that no job
+# step (slurmstepd and its processes) outlives the daemons.
+cancel_jobs() {
+  local jobs deadline=$((SECONDS + 30))
+  jobs="$(squeue -h -o %A 2>/dev/null | sort -u)" || return 0
+  [[ -n "$jobs" ]] || return 0
+  log "cancelling jobs: $(echo $jobs)"
+  # shellcheck disable=SC2086
+  scancel $jobs >/dev/null 2>&1 || true
+  while [[ -n "$(squeue -h -o %A 2>/dev/null)" ]] && ((SECONDS < deadline)); do sleep 0.5; done
+}
+
 start_slurm() {
   launch slurmdbd slurmdbd -D
   wait_for 20 slurmdbd sacctmgr -n list cluster
@@ -169,9 +181,15 @@ start_slurm() {
     sacctmgr -i add account "$cluster" Cluster="$cluster" >/dev/null
     sacctmgr -i add user root Account="$cluster" Cluster="$cluster" >/dev/null
   fi
+  local fresh=0
+  alive slurmctld || fresh=1
   launch slurmctld slurmctld -D
   wait_for 20 slurmctld bash -c 'scontrol ping | grep -q UP'
   launch slurmd slurmd -D -N localhost
+  wait_for 20 "slurmd" scontrol show node localhost
+  if ((fresh)); then
+    cancel_jobs  # jobs in the saved state, left by a cluster that was not stopped
+  fi
   wait_for 30 "slurmd (node idle)" bash -c '[[ "$(sinfo -h -o %T)" == idle ]]'
 }
 
@@ -243,6 +261,9 @@ stop_one() {
 }
 
 cmd_stop() {
+  if alive slurmctld && alive slurmd; then
+    cancel_jobs
+  fi
   if alive slurmctld || alive slurmd; then
     scontrol shutdown >/dev/null 2>&1 || true
   fi
