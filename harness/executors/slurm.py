@@ -165,6 +165,7 @@ class SlurmExecutor(Executor):
 
     def submit(self, jobs: Sequence[Job], progress: Progress) -> None:
         import submitit
+        from submitit.core.utils import FailedJobError
 
         self.running: dict[str, tuple[Any, Job]] = {}  # submitit job id -> (its job, our job)
         self.tries = {job.id: 1 for job in jobs}
@@ -182,8 +183,11 @@ class SlurmExecutor(Executor):
             wckey="harness",
         )
         self.worker = SlurmWorker()
-        with self.executor.batch():
-            submitted = [self.executor.submit(self.worker, job) for job in jobs]
+        try:
+            with self.executor.batch():
+                submitted = [self.executor.submit(self.worker, job) for job in jobs]
+        except FailedJobError as err:  # sbatch refused or got no answer
+            raise UsageError(f"--executor slurm: sbatch failed: {_why(err)}") from None
         for sjob, job in zip(submitted, jobs, strict=True):
             self.running[sjob.job_id] = (sjob, job)
 
@@ -232,7 +236,12 @@ class SlurmExecutor(Executor):
         if self.tries[job.id] > self.settings.max_retries:
             return [Finished(job, None, f"{why}; retries used up")]
         self.tries[job.id] += 1
-        retry = self.executor.submit(self.worker, job)
+        from submitit.core.utils import FailedJobError
+
+        try:
+            retry = self.executor.submit(self.worker, job)
+        except FailedJobError as err:
+            return [Finished(job, None, f"{why}; submitting it again failed: {_why(err)}")]
         self.running[retry.job_id] = (retry, job)
         return []
 

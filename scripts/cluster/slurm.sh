@@ -145,6 +145,9 @@ start_munge() {
 
 start_mariadb() {
   install -d -o mysql -g mysql -m 755 /run/mysqld "$scratch/mysql"
+  if ! setpriv --reuid=mysql --regid=mysql --init-groups test -w "$scratch/mysql"; then
+    die "user mysql cannot write $scratch/mysql: make the folders above it traversable (chmod o+x)"
+  fi
   if [[ ! -d "$scratch/mysql/mysql" ]]; then
     mariadb-install-db --user=mysql --datadir="$scratch/mysql" --skip-test-db \
       --auth-root-authentication-method=socket >"$scratch/log/mariadb-install.out" 2>&1 ||
