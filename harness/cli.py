@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
@@ -334,8 +335,9 @@ def executor_settings(args: argparse.Namespace) -> ExecutorSettings:
 def check_absolute_sources(tasks: list[Task], executor: str) -> None:
     """Workers of ray/slurm may start in another folder: task files must be absolute."""
     for task in tasks:
-        for key, value in task.settings.items():
-            path = Path(value).expanduser() if isinstance(value, str) and value else None
+        for field in dataclasses.fields(task.settings):
+            key, value = field.name, getattr(task.settings, field.name)
+            path = Path(value).expanduser() if isinstance(value, str | Path) and value else None
             if path is not None and path.exists() and not path.is_absolute():
                 raise UsageError(
                     f"--option {task.name}.{key}={value} is a relative path; with "

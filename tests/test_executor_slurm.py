@@ -244,3 +244,15 @@ def test_two_runs_into_one_folder_at_once(local_reference: Path, tmp_path: Path)
         assert driver.returncode == 0, output
     assert_same_tables(out, local_reference, ["passkey"], SMALL_MODELS)
     assert_parts_sound(out, ["passkey"])
+
+
+def test_relative_task_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "text.txt").write_text("a line of text\n" * 50)
+    out = tmp_path / "out"
+    args = ["--models", "tiny-mamba2", "--tasks", "perplexity", "--lengths", "512"]
+    done = run(
+        [*args, "--option", "perplexity.source=text.txt", *SLURM, "--out", str(out)], tmp_path
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "relative path" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
