@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 LENGTH = 12  # hex characters of an identity
 SUFFIX = 8  # hex characters of an identity in a local checkpoint's `model=` name
+SUFFIXED = re.compile(rf"^(?P<name>.+)@[0-9a-f]{{{SUFFIX}}}$")
 # The files of a checkpoint folder that determine its outputs (top level only, as loaded).
 MODEL_FILES = (
     "config.json",
@@ -195,8 +197,9 @@ def identify(source: ModelSource) -> ModelSource:
 
 
 def display_name(partition: str) -> str:
-    """The name a user knows a model by, from its `model=` folder name."""
-    return partition.split("@", 1)[0]
+    """The name a user knows a model by, from its `model=` folder name (`ckpt@3fa2c1d0`)."""
+    m = SUFFIXED.match(partition)
+    return m["name"] if m else partition
 
 
 def clashes(out: Path, models: list[ModelSource]) -> list[str]:
