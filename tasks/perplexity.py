@@ -1,9 +1,10 @@
 """Loss by position (paper-notes.md section 6): per-token cross-entropy of long sequences,
 averaged over buckets of positions.
 
-One unit per sequence length. Its documents come from a text source (tasks/sources.py): a
-synthetic prompt (one document), local files or a dataset (`documents` of them, short ones
-skipped or concatenated as `short_docs` says). Each document streams through the model in
+One unit per sequence length. Its documents come from a text source (tasks/sources.py): by
+default `sonnets`, real text shipped with the package (one document); a synthetic prompt such
+as the paper's `newlines` (one document), local files or a dataset (`documents` of them, short
+ones skipped or concatenated as `short_docs` says). Each document streams through the model in
 `chunk`-token pieces with the state carried exactly (`LanguageModel.token_losses`).
 
 Positions: the token at position p (0-based) has the loss -log p(token_p | tokens_<p), so
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from harness.models.base import LanguageModel
 
 DEFAULT_LENGTHS = (16384,)
+DEFAULT_SOURCE = "sonnets"  # real text, offline; state-stats and state-capacity use newlines
 LARGEST_EXPONENT = 709.0  # math.exp overflows above this
 
 
@@ -81,6 +83,9 @@ def perplexity(mean_loss: float) -> float:
 
 @dataclass(frozen=True)
 class PerplexitySettings(SourceSettings):
+    source: str = setting(
+        DEFAULT_SOURCE, "sonnets (real text shipped with the package), or as state-stats's"
+    )
     documents: int = setting(1, "documents per length (synthetic sources have one)")
     bucket: int = setting(128, "positions per bucket of the loss curve")
     chunk: int = setting(2048, "tokens per forward call (the state is carried between calls)")

@@ -4,6 +4,8 @@ A source is named by one string (the `source` option of the tasks that read text
 
 - `newlines`, `capital`, `haystack`: synthetic prompts (paper-notes.md sections 5-6), one
   endless text, so a single document of any length;
+- `sonnets`: real text shipped with the package (tasks/texts/README.md: Shakespeare's
+  Sonnets, public domain, 95,728 bytes), one document, offline;
 - `pg19`: the public PG-19 books on the Hugging Face hub (`emozilla/pg19`, Parquet; the
   original `deepmind/pg19` needs a loading script that `datasets` no longer runs), split
   `test` unless another is asked for;
@@ -51,6 +53,8 @@ SYNTHETIC = {
 }  # name -> (prefix, unit repeated after it)
 PG19 = "emozilla/pg19"
 ALIASES = {"pg19": PG19}
+TEXTS = Path(__file__).resolve().parent / "texts"
+SHIPPED = {"sonnets": TEXTS / "sonnets.txt"}  # name -> a text file inside the package
 BLOCK_UNITS = 64  # units per tiled block of a synthetic prompt
 SHORT_DOC_POLICIES = ("skip", "concat")
 AUTO_SPLIT = "auto"
@@ -61,8 +65,8 @@ SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 VALID = (
-    "newlines, capital, haystack, pg19, a .txt/.jsonl/.json/.parquet file, a dataset folder "
-    "(save_to_disk or hub layout), or a hub id owner/name"
+    "newlines, capital, haystack, sonnets, pg19, a .txt/.jsonl/.json/.parquet file, a dataset "
+    "folder (save_to_disk or hub layout), or a hub id owner/name"
 )
 
 
@@ -72,7 +76,8 @@ class SourceSettings:
 
     source: str = setting(
         "newlines",
-        "newlines, capital, haystack, pg19, a .txt/.jsonl/.parquet file, a folder, a hub id",
+        "newlines, capital, haystack, sonnets, pg19, a .txt/.jsonl/.parquet file, a folder, "
+        "a hub id",
     )
     column: str = setting("text", "the text column of a JSON, Parquet or hub dataset")
     split: str = setting(AUTO_SPLIT, "dataset split; auto: test (or the only one), train")
@@ -143,6 +148,8 @@ def resolve(name: str, column: str = "text", split: str = AUTO_SPLIT, subset: st
 def _kind_of(name: str, column: str, split: str) -> Source:
     if name in SYNTHETIC:
         return Source(name, "synthetic", name, column, split)
+    if name in SHIPPED:
+        return _local(name, SHIPPED[name], column, split)
     location = ALIASES.get(name, name)
     path = Path(location).expanduser()
     if path.exists():

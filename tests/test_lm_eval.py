@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from lm_eval.api.registry import get_model
 from lm_eval.tasks import TaskManager
 
 from harness.lm_eval import include_path
+from harness.lm_eval.console import main as console_main
 from harness.lm_eval.console import register, with_include_path
+from harness.lm_eval.loss_by_position import documents as lbp_documents
 from harness.lm_eval.metadata import MetadataError
 from harness.lm_eval.model import HarnessLM, ModelArgsError, SamplingNotSupported
 from harness.lm_eval.passkey import documents
@@ -22,6 +25,8 @@ from harness.lm_eval.tokenizer import TokenizerNotGiven
 from harness.models.base import LanguageModel, ModelInfo
 from harness.models.loading import load, resolve
 from tasks.passkey import EXTRA_NEW_TOKENS, build_prompt, samples_at
+from tasks.perplexity import buckets
+from tasks.sources import SHIPPED
 
 LENGTHS = [512, 600]
 PASSKEY = {"max_seq_lengths": LENGTHS, "samples": 1, "seed": 7}
@@ -107,20 +112,55 @@ def test_loglikelihood_rolling_is_the_sum_of_token_losses() -> None:
     assert rolling(model, text) == pytest.approx(-float(model.lm.token_losses(ids).sum()), 1e-4)
 
 
-def test_loss_buckets_add_up_to_the_rolling_loglikelihood(tmp_path: Path) -> None:
-    corpus = tmp_path / "book.txt"
-    corpus.write_text("ab " * 200)  # byte tokens: the splits at 99 and 198 follow a space
-    model = HarnessLM(model="tiny-pythia", device="cpu")
-    metadata = {"max_seq_lengths": [297], "bucket": 99, "source": str(corpus)}
-    results = evaluate(model, {"model": "tiny-pythia"}, TASKS[1:], metadata)
-    (whole,) = results["samples"]["harness_perplexity"]
-    (buckets,) = results["samples"]["harness_loss_by_position"]
-    assert len(buckets["resps"]) == 3
-    total = sum(ll for [(ll, _)] in buckets["resps"])
-    assert total == pytest.approx(whole["resps"][0][0], 1e-4)
+def assert_buckets_are_harness_runs(results: dict, lm: LanguageModel, bucket: int) -> None:
+    """Each loss@[s-e) of harness_loss_by_position is the bucket mean `harness run --tasks
+    perplexity` computes for the same document (tasks.perplexity.buckets of token_losses)."""
     metrics = results["results"]["harness_loss_by_position"]
-    assert {"loss@[0-99),none", "loss@[198-297),none"} <= set(metrics)
-    assert "bits_per_byte@297,none" in results["results"]["harness_perplexity"]
+    for sample in results["samples"]["harness_loss_by_position"]:
+        ids = lm.encode(sample["doc"]["text"])
+        for b in buckets(lm.token_losses(ids), bucket):
+            assert metrics[f"loss@[{b.start}-{b.end}),none"] == pytest.approx(b.mean_loss, 1e-4)
+
+
+def assert_rolling_adds_the_end_of_text(results: dict, lm: LanguageModel) -> None:
+    """harness_perplexity scores every token after lm-eval's end-of-text prefix."""
+    for sample in results["samples"]["harness_perplexity"]:
+        ids = [lm.eos_token_id, *lm.encode(sample["doc"]["text"])]
+        expected = -float(lm.token_losses(ids).sum())
+        assert sample["resps"][0][0] == pytest.approx(expected, 1e-4)
+
+
+def test_loss_tasks_read_the_shipped_text_by_default() -> None:
+    model = HarnessLM(model="tiny-pythia", device="cpu")
+    metadata = {"max_seq_lengths": [297], "bucket": 99}
+    results = evaluate(model, {"model": "tiny-pythia"}, TASKS[1:], metadata)
+    (doc,) = [s["doc"] for s in results["samples"]["harness_perplexity"]]
+    assert SHIPPED["sonnets"].read_text().startswith(doc["text"]) and doc["tokens"] == 297
+    assert_buckets_are_harness_runs(results, model.lm, 99)
+    assert_rolling_adds_the_end_of_text(results, model.lm)
+    perplexity = results["results"]["harness_perplexity"]
+    names = ["word_perplexity", "byte_perplexity", "bits_per_byte", "loss"]
+    assert all(math.isfinite(perplexity[f"{name}@297,none"]) for name in names)
+
+
+def test_loss_tasks_through_lm_eval_hf_backend(neox_dir: Path) -> None:
+    args = {"pretrained": str(neox_dir), "max_length": 1024, "device": "cpu"}
+    metadata = {"max_seq_lengths": [256, 300], "bucket": 100}
+    results = evaluate("hf", args, TASKS[1:], metadata)
+    lm = load(resolve(str(neox_dir)), "cpu", torch.float32, "auto")
+    assert_buckets_are_harness_runs(results, lm, 100)
+    assert_rolling_adds_the_end_of_text(results, lm)
+
+
+def test_whitespace_prompts_give_infinite_word_perplexity_or_a_clear_refusal() -> None:
+    model = HarnessLM(model="tiny-pythia", device="cpu")
+    metadata = {"max_seq_lengths": [1024], "source": "newlines"}
+    results = evaluate(model, {"model": "tiny-pythia"}, ["harness_perplexity"], metadata)
+    perplexity = results["results"]["harness_perplexity"]
+    assert perplexity["word_perplexity@1024,none"] == math.inf  # 1024 newlines: no words
+    assert math.isfinite(perplexity["byte_perplexity@1024,none"])
+    with pytest.raises(MetadataError, match="only whitespace"):
+        lbp_documents(model="tiny-pythia", max_seq_lengths=[256], source="newlines")
 
 
 @dataclass
@@ -213,3 +253,15 @@ def test_console_registers_the_model_beside_lm_evals_own() -> None:
     assert added[-2:] == ["--include_path", str(include_path())]
     assert with_include_path(["--tasks", "x", "--include_path", "d"])[-1] == "d"
     assert with_include_path(["ls", "models"]) == ["ls", "models"]
+
+
+def test_console_ends_an_unusable_setting_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["harness-lm-eval"])
+    metadata = '{"max_seq_lengths": [256], "source": "newlines"}'
+    args = ["--model", "harness", "--model_args", "model=tiny-pythia,device=cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        console_main([*args, "--tasks", "harness_loss_by_position", "--metadata", metadata])
+    assert exit_info.value.code == 2
+    assert "harness lm-eval: error: harness_loss_by_position" in capsys.readouterr().err

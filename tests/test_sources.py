@@ -28,6 +28,8 @@ from tasks.sources import (
     resolve,
     synthetic_ids,
 )
+from tasks.state_capacity import StateCapacity
+from tasks.state_stats import StateStats
 
 TOKENIZER = byte_tokenizer()
 EOS = TOKENIZER.eos_token_id
@@ -92,6 +94,18 @@ def test_single_text_file_is_one_document(tmp_path: Path) -> None:
     path.write_text("line one\nline two\n" * 20)
     [doc] = documents(resolve(str(path)), encode, 300, count=3, policy="skip", eos=EOS)
     assert doc.parts == ("0",) and doc.ids.tolist() == encode(path.read_text())[:300]
+
+
+def test_the_shipped_text_is_the_default_of_perplexity_only() -> None:
+    source = resolve("sonnets")
+    assert (source.name, source.kind, source.split) == ("sonnets", "text", "train")
+    text = Path(source.location).read_text()
+    assert text.startswith("THE SONNETS") and len(text.encode()) == 95_728
+    [doc] = documents(source, encode, 70_000, count=2, policy="skip", eos=EOS)
+    assert doc.ids.tolist() == encode(text)[:70_000]
+    assert Perplexity.Settings().source == "sonnets"
+    assert StateStats.Settings().source == "newlines"  # the paper's collapse prompt
+    assert StateCapacity.Settings().source == "newlines"
 
 
 def test_concat_joins_documents_with_end_of_text(sources: dict[str, Path]) -> None:

@@ -3,7 +3,8 @@
 lm-eval 0.4.x resolves `--model <name>` against its own registry before any other code runs,
 so `lm_eval --model harness` cannot find a model that lives in another package. This command
 registers the `harness` model, adds the harness task folder as `--include_path` when a
-command names `--tasks` without one, then hands the arguments to lm-eval's CLI unchanged:
+command names `--tasks` without one, then hands the arguments to lm-eval's CLI unchanged; a
+setting of the harness model or tasks that cannot be used ends it with one line and exit 2:
 
     harness-lm-eval --model harness --model_args model=mamba2-370m,mitigation=rri \\
         --tasks harness_passkey --metadata '{"max_seq_lengths": [1024, 4096]}' --device cuda
@@ -54,9 +55,18 @@ def main(argv: list[str] | None = None) -> None:
 
     register()
     log.debug("lm-eval discovers entry-point plugins itself: %s", entry_points_supported())
+    from harness.lm_eval.metadata import MetadataError
+    from harness.lm_eval.model import ModelArgsError
+    from harness.lm_eval.tokenizer import TokenizerNotGiven
+    from tasks.sources import SourceError
+
     args = sys.argv[1:] if argv is None else argv
     sys.argv = ["lm-eval", *with_include_path(list(args))]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except (MetadataError, ModelArgsError, TokenizerNotGiven, SourceError) as err:
+        print(f"harness lm-eval: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

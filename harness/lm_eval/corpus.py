@@ -10,8 +10,9 @@ Settings, from `--metadata` (JSON):
 - `documents`: documents per length (default: as `harness run`, 1); a synthetic source
   makes one;
 - the source, as `harness run --option perplexity.<key>=...` takes it: `source` (newlines,
-  capital, haystack, pg19, a local .txt/.jsonl/.parquet file or folder, or a hub dataset id;
-  default newlines), `column`, `split`, `subset`, `short_docs` (skip | concat).
+  capital, haystack, sonnets, pg19, a local .txt/.jsonl/.parquet file or folder, or a hub
+  dataset id; default sonnets, as `harness run`'s), `column`, `split`, `subset`, `short_docs`
+  (skip | concat).
 
 The documents go round the lengths, so `--limit n` keeps every length.
 """
@@ -19,7 +20,7 @@ The documents go round the lengths, so `--limit n` keeps every length.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import chain, zip_longest
 from typing import Any
 
@@ -42,9 +43,8 @@ class CorpusSettings:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> CorpusSettings:
-        source = {
-            key: meta.text(metadata, key, default) for key, default in SOURCE_SETTINGS.items()
-        }
+        defaults = asdict(Perplexity.Settings())
+        source = {key: meta.text(metadata, key, defaults[key]) for key in SOURCE_SETTINGS}
         return cls(
             lengths=meta.lengths(metadata, DEFAULT_LENGTHS),
             documents=meta.positive_int(metadata, "documents", Perplexity.Settings().documents),

@@ -4,12 +4,16 @@ The closest lm-eval gets to the harness's loss-by-position curve. Each document 
 and source: `harness.lm_eval.corpus`, the documents of `harness run --tasks perplexity`) is
 split at multiples of `bucket` tokens (`--metadata` `bucket`; default: the longest length / 8,
 where `harness run` uses 128, for the cost below); bucket [s, e) becomes one `loglikelihood`
-request, context = the document's first s tokens, continuation = tokens s to e. Metrics:
+request, context = the document's first s tokens, continuation = tokens s to e, except that
+the first request's context is the document's first token (no end-of-text token before it),
+so that, as in `harness run`, position 0 is not scored and every bucket sees the same
+context as there: the buckets are `harness run --tasks perplexity`'s (tests check it).
+Metrics:
 - `loss@[s-e)`: mean loss per token (nats) at positions s to e - 1, over the documents
   that have them: documents of every length share the buckets that end at a multiple of
   `bucket`; a document's last bucket ends at its length (e.g. `loss@[400-600)` for 600
   tokens with buckets of 200, `loss@[400-512)` for 512);
-- `loss`: mean loss per token over whole documents.
+- `loss`: mean loss per token over whole documents (positions 1 to n - 1).
 
 What it cannot express: a per-position curve finer than the buckets, and anything that
 needs the documents' per-token losses (lm-eval sees one sum per request). Each request
@@ -70,11 +74,12 @@ def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
 
 def _document(cut: Cut, bucket: int, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The bucket edges as token positions (`token_edges`, which name the metrics), as
-    characters of the text (`char_edges`, where requests split it) and as the token counts
-    of the text up to each split (`scored_edges`, what the losses are divided by)."""
+    characters of the text (`char_edges`, where requests split it; the first is the end of
+    the opening context) and as the token counts of the text up to each split
+    (`scored_edges`, what the losses are divided by)."""
     encode = encoder(tokenizer)
     tokens = edges(cut.length, bucket)
-    chars = [0]
+    chars = [_opening(cut, tokenizer, tokens[1])]
     for t in tokens[1:-1]:
         chars.append(_before_spaces(cut.text, len(tokenizer.decode(cut.ids[:t])), chars[-1]))
     chars.append(len(cut.text))
@@ -86,6 +91,22 @@ def _document(cut: Cut, bucket: int, tokenizer: PreTrainedTokenizerBase) -> dict
         "char_edges": chars,
         "scored_edges": [len(encode(cut.text[:c])) for c in chars],
     }
+
+
+def _opening(cut: Cut, tokenizer: PreTrainedTokenizerBase, first_edge: int) -> int:
+    """Characters of the opening context: the first token (as `harness run` leaves position 0
+    unscored and puts nothing before it), or the first few where they end in whitespace,
+    which lm-eval would move into the continuation."""
+    for k in range(1, first_edge):
+        end = len(tokenizer.decode(cut.ids[:k]))
+        if cut.text[:end].strip() and not cut.text[end - 1].isspace():
+            return end
+    raise meta.MetadataError(
+        f"harness_loss_by_position: the first {first_edge} tokens of {cut.parts!r} are only "
+        "whitespace, which lm-eval moves out of a request's context; use a source with text "
+        "(the default, sonnets), or `harness run --tasks perplexity` for whitespace prompts "
+        "such as newlines"
+    )
 
 
 def _before_spaces(text: str, split: int, previous: int) -> int:
@@ -102,7 +123,8 @@ def process_results(doc: dict[str, Any], results: list[tuple[float, bool]]) -> d
     metrics: dict[str, float] = {}
     for (loglikelihood, _), (start, end), (first, last) in zip(results, named, scored, strict=True):
         metrics[bucket_name(start, end)] = -loglikelihood / (last - first)
-    metrics["loss"] = -sum(ll for ll, _ in results) / doc["scored_edges"][-1]
+    scored_tokens = doc["scored_edges"][-1] - doc["scored_edges"][0]
+    metrics["loss"] = -sum(ll for ll, _ in results) / scored_tokens
     return metrics
 
 

@@ -9,6 +9,12 @@ documents of `harness run --tasks perplexity`):
 - `loss@<n>`: mean loss per token (nats) of a document of length n, in the tokens its
   length is counted in (the evaluated model's), and `loss` over all documents.
 
+Unlike `harness run`, lm-eval puts the end-of-text token before each document and scores all
+n tokens (`harness run` scores positions 1 to n - 1 with nothing before them): `loss@<n>` is
+higher by the first token's loss / n, plus whatever the prefix changes for the rest, little
+for the bundled Mamba-2 models, much for the tiny transformer, which never saw end-of-text
+before a window in training (README.md, lm-eval; measured by bench/lm_eval_eos.py).
+
 It cannot express per-position curves (the loss at each position, averaged over documents):
 lm-eval never sees per-token losses. A longer document's loss mixes positions within and
 beyond the training context; `harness_loss_by_position` buckets positions instead, and
@@ -24,7 +30,8 @@ metric counts only the documents of length n, as intended.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import datasets
@@ -40,6 +47,19 @@ PERPLEXITIES = {
     "byte_perplexity": "weighted_perplexity",
     "bits_per_byte": "bits_per_byte",
 }
+
+
+def overflow_to_inf(aggregation: Callable[[list[Any]], float]) -> Callable[[list[Any]], float]:
+    """lm-eval's `aggregation`, infinite where its exp() overflows (a text of almost no words,
+    such as the newline prompt, has a word perplexity beyond any float)."""
+
+    def aggregate(items: list[Any]) -> float:
+        try:
+            return aggregation(items)
+        except OverflowError:
+            return math.inf
+
+    return aggregate
 
 
 def documents(**metadata: Any) -> dict[str, datasets.Dataset]:
@@ -66,9 +86,12 @@ def process_results(doc: dict[str, Any], results: tuple[float]) -> dict[str, Any
 
 class PerplexityTask(MetadataTask):
     def metadata_metrics(self, metadata: Mapping[str, Any]) -> dict[str, Metric]:
-        metrics = {}
+        metrics = {
+            name: Metric(overflow_to_inf(get_aggregation(aggregation)), higher_is_better=False)
+            for name, aggregation in PERPLEXITIES.items()
+        }
         for n in CorpusSettings.from_metadata(metadata).lengths:
             metrics[per_length("loss", n)] = Metric(mean, higher_is_better=False)
-            for name, aggregation in PERPLEXITIES.items():
-                metrics[per_length(name, n)] = Metric(get_aggregation(aggregation), False)
+            for name in PERPLEXITIES:
+                metrics[per_length(name, n)] = metrics[name]
         return metrics
