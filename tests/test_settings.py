@@ -174,7 +174,7 @@ def test_task_params_keep_their_keys_and_types() -> None:
     """A unit's parameters (and so its id) are the settings as a dict, as before."""
     task = TASKS.get("perplexity")(TaskOptions(extra={"perplexity": {"bucket": "64"}}))
     assert task.params == {
-        "source": "newlines",
+        "source": "sonnets",
         "column": "text",
         "split": "auto",
         "subset": "",
