@@ -46,8 +46,8 @@ DTYPE_NAMES = ("float32", "bfloat16")  # the keys of harness.runner.DTYPES
 DEFAULT_MODELS = ",".join(bundled_models()) or ",".join(TINY_MODELS)
 DEFAULT_TASKS = "passkey,perplexity"
 DEFAULT_MITIGATIONS = "none,rri,state-norm"
-DEFAULT_LENGTHS = "512,2k,8k"
-DEFAULT_SAMPLES = 4
+DEFAULT_LENGTHS = "320,640,1280,2560"  # 1x-8x the bundled short model's training length
+DEFAULT_SAMPLES = 8
 
 
 class StderrConsole:

@@ -26,7 +26,7 @@ from harness import results
 
 PLAN = [
     "--models",
-    "tiny-mamba2,tiny-pythia,mamba2-bytes-512",
+    "tiny-mamba2,tiny-pythia,mamba2-bytes-320",
     "--tasks",
     "passkey,perplexity",
     "--lengths",

@@ -94,11 +94,11 @@ def test_a_single_checkpoint_file_counts_with_the_vocabulary_beside_it(tmp_path:
 def test_tiny_bundled_and_hub_models_keep_their_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tiny_m, tiny_p, bundled = parse_models("tiny-mamba2,tiny-pythia,mamba2-bytes-512")
+    tiny_m, tiny_p, bundled = parse_models("tiny-mamba2,tiny-pythia,mamba2-bytes-320")
     assert (tiny_m.name, tiny_p.name, bundled.name) == (
         "tiny-mamba2",
         "tiny-pythia",
-        "mamba2-bytes-512",
+        "mamba2-bytes-320",
     )
     assert len({tiny_m.id, tiny_p.id, bundled.id}) == 3
     assert bundled.id == identity.folder_identity(bundled.path)  # by its files

@@ -239,7 +239,7 @@ def test_no_models_runs_the_bundled_models_with_mitigations(tmp_path: Path) -> N
     out = tmp_path / "results"
     assert main(["run", "--lengths", "512", "--samples", "1", "--out", str(out)]) == 0
     pairs = {(r["model"], r["mitigation"]) for r in read_table(out, "perplexity").to_pylist()}
-    assert ("neox-bytes-512", "none") in pairs
-    assert ("mamba2-bytes-512", "rri:a=0.9999:b=0.75") in pairs
-    assert ("neox-bytes-512", "rri:a=0.9999:b=0.75") not in pairs  # rri is for Mamba-2 only
+    assert ("neox-bytes-320", "none") in pairs
+    assert ("mamba2-bytes-320", "rri:a=0.9999:b=0.75") in pairs
+    assert ("neox-bytes-320", "rri:a=0.9999:b=0.75") not in pairs  # rri is for Mamba-2 only
     assert len(read_table(out, "passkey")) == len(pairs)

@@ -15,6 +15,7 @@ from harness.models.loading import load, resolve
 BUNDLED = Path(harness.__file__).parent / "bundled"
 MODELS = sorted(p for p in BUNDLED.iterdir() if (p / "config.json").is_file())
 MAX_BYTES = 20 * 2**20
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s:=@'\"(])/[^\s/]+/")  # /work/..., not 1/8 or a/b
 
 
 def card_number(card: str, label: str) -> int:
@@ -25,7 +26,7 @@ def card_number(card: str, label: str) -> int:
 
 def test_the_bundled_models_are_there_and_small() -> None:
     names = {p.name for p in MODELS}
-    assert {"mamba2-bytes-512", "mamba2-bytes-512-tbptt-2k", "neox-bytes-512"} <= names
+    assert {"mamba2-bytes-320", "mamba2-bytes-320-tbptt-1280", "neox-bytes-320"} <= names
     assert sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file()) < MAX_BYTES
 
 
@@ -47,3 +48,14 @@ def test_bundled_model_loads_and_matches_its_card(path: Path) -> None:
     assert ids == list(b"The passkey is 12345.")
     logits, _ = model.forward(torch.tensor([ids]), model.init_state(1))
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
+def test_bundled_model_says_nothing_of_the_machine_it_was_trained_on(path: Path) -> None:
+    """No absolute path in the card or training.json; the card opens with a short summary."""
+    for name in ("MODEL_CARD.md", "training.json"):
+        text = (path / name).read_text()
+        assert not ABSOLUTE_PATH.search(text), f"{name}: {ABSOLUTE_PATH.search(text)}"
+    card = (path / "MODEL_CARD.md").read_text()
+    summary = card.split("\n\n")[1]
+    assert "\n" not in summary.strip() and len(summary) <= 200
