@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-BUNDLED = ("mamba2-bytes-512", "mamba2-bytes-512-tbptt-2k")
+BUNDLED = ("mamba2-bytes-320", "mamba2-bytes-320-tbptt-1280")
 PIECE = 2048
 
 
@@ -106,7 +106,7 @@ def random_130m(lengths: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(BUNDLED))
-    parser.add_argument("--bundled-lengths", default="512,2k,8k")
+    parser.add_argument("--bundled-lengths", default="320,1280,2560")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--lengths", default="4096,16384", help="of the random 130m model")
     parser.add_argument("--skip-bundled", action="store_true")
