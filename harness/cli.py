@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from harness import calibrate as calibrate_cli
 from harness import identity
@@ -18,14 +17,21 @@ from harness.leaderboard import cli as leaderboard_cli
 from harness.models.bundled import bundled_models
 from harness.models.tiny import TINY_MODELS
 from harness.plan import (
+    MAX_SAMPLES,
     UsageError,
     build_plan,
     check_backend,
+    check_names,
     check_out_dir,
+    nonempty,
+    parse_count,
     parse_depths,
+    parse_device,
     parse_lengths,
+    parse_list,
     parse_mitigation,
     parse_models,
+    parse_seed,
     parse_task_options,
     parse_tasks,
 )
@@ -68,8 +74,15 @@ SUMMARY_CAPTION = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (`harness: error: ...`, exit 2), no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"harness: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="harness",
         description="Long-context evaluation of recurrent LMs: state collapse, mitigations, "
         "transformer baselines.",
@@ -115,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--lengths", help="comma-separated token counts: 512,4k,1m")
     run.add_argument("--depths", help="comma-separated needle depths in [0, 1]")
-    run.add_argument("--samples", type=int, help="samples per length (per depth if --depths)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--samples", help="samples per length (per depth if --depths)")
+    run.add_argument("--seed", default="0", help="0 to 2^64 - 1 (default 0)")
     run.add_argument(
         "--option",
         action="append",
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "torch", "triton"],
         help="Mamba-2 scan backend (auto: triton on CUDA when mamba-ssm imports)",
     )
-    run.add_argument("--out", type=Path, default=Path("results"))
+    run.add_argument("--out", default="results", help="results folder (default: results)")
     run.add_argument(
         "--no-resume",
         dest="resume",
@@ -222,41 +235,49 @@ def list_to_stdout(what: str) -> int:
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.executors.driver import Driver, detach
-    from harness.models.loading import pick_device
     from harness.runner import RunConfig
     from tasks.base import TaskOptions
 
     embedded = args.models is None
-    if args.samples is not None and args.samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {args.samples}")
+    for what in ("models", "tasks", "mitigations", "samples", "seed", "device"):
+        if getattr(args, what) is not None:
+            nonempty(getattr(args, what), what)
+    samples = args.samples and parse_count(
+        args.samples, "samples", MAX_SAMPLES, "the plan lists every unit before it starts"
+    )
+    seed = parse_seed(args.seed)
+    args.out = Path(nonempty(args.out, "out"))
     lengths = args.lengths if args.lengths is not None else (DEFAULT_LENGTHS if embedded else None)
     options = TaskOptions(
         lengths=parse_lengths(lengths) if lengths is not None else None,
         depths=parse_depths(args.depths) if args.depths is not None else None,
-        samples=args.samples or (DEFAULT_SAMPLES if embedded else None),
-        seed=args.seed,
+        samples=samples or (DEFAULT_SAMPLES if embedded else None),
+        seed=seed,
         extra=parse_task_options(args.option),
     )
-    models = parse_models(args.models or DEFAULT_MODELS)
-    mitigation_specs = args.mitigations or (DEFAULT_MITIGATIONS if embedded else "none")
-    mitigations = [parse_mitigation(s) for s in dict.fromkeys(mitigation_specs.split(","))]
-    tasks = parse_tasks(args.tasks or (DEFAULT_TASKS if embedded else "passkey"), options)
     check_out_dir(args.out)
     settings = executor_settings(args)
-    check_device(args.device)
+    device = parse_device(args.device, here=settings.name == "local")
+    mitigation_specs = args.mitigations or (DEFAULT_MITIGATIONS if embedded else "none")
+    mitigations = [
+        parse_mitigation(s) for s in dict.fromkeys(parse_list(mitigation_specs, "mitigations"))
+    ]
+    tasks = parse_tasks(args.tasks or (DEFAULT_TASKS if embedded else "passkey"), options)
+    models = parse_models(args.models or DEFAULT_MODELS)
     if settings.name != "local":
         check_absolute_sources(tasks, settings.name)
     elif any(m.family == "mamba2" for m in models):
-        check_backend(args.backend, pick_device(args.device))
+        check_backend(args.backend, device)
     plan = build_plan(
         models, mitigations, tasks, args.dtype, strict=not (embedded and args.mitigations is None)
     )
+    check_names(plan, args.out)
     config = RunConfig(
         out=args.out,
         device=args.device,
         dtype=args.dtype,
         backend=args.backend,
-        seed=args.seed,
+        seed=seed,
         resume=args.resume,
         stop_after_fails=args.stop_after_fails,
         command=["harness", *argv],
@@ -269,7 +290,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         pid, log = detach(argv, args.out)
         console.print(
             f"detached: the driver runs as pid {pid}, log {log}; "
-            f"`harness status --out {args.out}` shows its progress"
+            f"`harness status --out {args.out}` shows its progress",
+            markup=False,
         )
         return 0
     for warning in identity.clashes(args.out, plan.models):
@@ -289,13 +311,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if report.failed or report.lost or report.problems else 0
 
 
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SLURM_FLAGS = ("slurm_partition", "slurm_time", "slurm_account", "slurm_flag")
-
-
-def check_device(device: str) -> None:
-    if not DEVICE.match(device):
-        raise UsageError(f"bad --device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
 def executor_settings(args: argparse.Namespace) -> ExecutorSettings:

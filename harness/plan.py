@@ -9,7 +9,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,42 +26,95 @@ if TYPE_CHECKING:
     from harness.models.loading import ModelSource
     from tasks.base import Task, TaskOptions
 
-LENGTH = re.compile(r"^(\d+)([km]?)$", re.IGNORECASE)
+# ASCII only: Python's int() and float() also accept other scripts' digits ('５１２', '٥١٢').
+LENGTH = re.compile(r"(\d+)([km]?)", re.IGNORECASE | re.ASCII)
+COUNT = re.compile(r"\d+", re.ASCII)
+DECIMAL = re.compile(r"\d+(\.\d*)?|\.\d+", re.ASCII)
 SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
+# float32 holds every integer only up to 2^24, so token positions and counts beyond it round;
+# no model here was trained within a thousandth of that.
+MAX_LENGTH = 2**24
+MAX_SAMPLES = 100_000  # per length: the plan lists every unit before it starts
+NAME_MAX = 255  # bytes in one file or folder name on Linux and macOS file systems
 
 
 class UsageError(ValueError):
     """Wrong input on the command line: reported with the valid choices, exit status 2."""
 
 
-def _split(text: str, what: str) -> list[str]:
+def parse_list(text: str, what: str) -> list[str]:
+    """A comma-separated --<what>, with no empty item."""
     items = [s.strip() for s in text.split(",")]
     if not text.strip() or any(not s for s in items):
         raise UsageError(f"empty item in --{what} {text!r}: give a comma-separated list")
     return items
 
 
+def nonempty(text: str, what: str) -> str:
+    """The value of --<what>, refused when empty or blank (it would silently mean a default)."""
+    if not text.strip():
+        raise UsageError(f"--{what} is empty; give a value or leave the option out")
+    return text
+
+
 def parse_lengths(text: str) -> tuple[int, ...]:
     """'512,4k,1m' -> (512, 4096, 1048576); k = 1024, m = 1024^2."""
     lengths = []
-    for item in _split(text, "lengths"):
-        m = LENGTH.match(item)
+    for item in parse_list(text, "lengths"):
+        m = LENGTH.fullmatch(item)
         if not m or int(m.group(1)) == 0:
             raise UsageError(
-                f"bad length {item!r} in --lengths: use a positive integer with an optional "
-                "k (x1024) or m (x1024^2) suffix, e.g. 512,4k,1m"
+                f"bad length {item!r} in --lengths: use a positive integer (ASCII digits) with "
+                "an optional k (x1024) or m (x1024^2) suffix, e.g. 512,4k,1m"
             )
-        lengths.append(int(m.group(1)) * SCALE[m.group(2).lower()])
+        length = int(m.group(1)) * SCALE[m.group(2).lower()]
+        if length > MAX_LENGTH:
+            raise UsageError(
+                f"length {item!r} in --lengths is {length} tokens, above the limit of 16m "
+                f"({MAX_LENGTH} = 2^24 tokens): float32 counts positions exactly only up to 2^24"
+            )
+        lengths.append(length)
     return tuple(lengths)
+
+
+def parse_count(text: str, what: str, high: int, why: str) -> int:
+    """A whole number in [1, high] written in ASCII digits, e.g. --samples."""
+    if not COUNT.fullmatch(text.strip()) or not 1 <= int(text) <= high:
+        raise UsageError(
+            f"--{what} must be a whole number from 1 to {high} ({why}) in ASCII digits, "
+            f"got {text!r}"
+        )
+    return int(text)
+
+
+def parse_seed(text: str) -> int:
+    """A seed in [0, 2^64): what numpy and torch generators take."""
+    if not COUNT.fullmatch(text.strip()) or int(text) >= 2**64:
+        raise UsageError(
+            f"--seed must be a whole number from 0 to 2^64 - 1 in ASCII digits, got {text!r}"
+        )
+    return int(text)
+
+
+def parse_device(text: str, here: bool = True) -> str:
+    """auto, cpu, cuda or cuda:N. With `here` (the run's units run in this process), checked
+    against the devices torch sees and resolved; a ray/slurm worker resolves its own."""
+    from harness.models.loading import DEVICE, pick_device
+
+    if not DEVICE.fullmatch(text):
+        raise UsageError(f"bad --device {text!r}: use auto, cpu, cuda or cuda:N")
+    if not here:
+        return text
+    try:
+        return pick_device(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def parse_depths(text: str) -> tuple[float, ...]:
     depths = []
-    for item in _split(text, "depths"):
-        try:
-            depth = float(item)
-        except ValueError:
-            depth = float("nan")
+    for item in parse_list(text, "depths"):
+        depth = float(item) if DECIMAL.fullmatch(item) else float("nan")
         if not 0.0 <= depth <= 1.0:
             raise UsageError(f"bad depth {item!r} in --depths: each must be a number in [0, 1]")
         depths.append(depth)
@@ -85,7 +140,7 @@ def parse_task_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def parse_tasks(text: str, options: TaskOptions) -> list[Task]:
-    names = list(dict.fromkeys(_split(text, "tasks")))
+    names = list(dict.fromkeys(parse_list(text, "tasks")))
     for name in [*names, *options.extra]:
         if name not in TASKS:
             raise _unknown("task", name, TASKS.names())
@@ -106,21 +161,67 @@ def parse_mitigation(spec: str) -> Mitigation:
         raise UsageError(str(err)) from None
 
 
-def parse_models(text: str) -> list[ModelSource]:
-    """Model references, each resolved and identified by content (harness.identity); a peer
-    set name (catalog.PEER_SETS) stands for its members."""
-    from harness.models.loading import ModelError, resolve
+def model_refs(text: str) -> list[str]:
+    """The model references of --models, each once, peer set names expanded."""
+    refs = [m for ref in parse_list(text, "models") for m in PEER_SETS.get(ref, (ref,))]
+    return list(dict.fromkeys(refs))
 
-    refs = [m for ref in _split(text, "models") for m in PEER_SETS.get(ref, (ref,))]
+
+def parse_models(text: str) -> list[ModelSource]:
+    """Model references, each resolved, checked to be fetchable where it comes from the hub,
+    and identified by content (harness.identity); a peer set name (catalog.PEER_SETS) stands
+    for its members."""
+    from harness.models.loading import ModelError, check_fetchable, resolve
+
     try:
-        return [identity.identify(resolve(ref)) for ref in dict.fromkeys(refs)]
+        models = [resolve(ref) for ref in model_refs(text)]
+        for model in models:
+            check_fetchable(model)
+        models = [identity.identify(model) for model in models]
     except ModelError as err:
         raise UsageError(str(err)) from None
+    return models
 
 
 def check_out_dir(out: Path) -> None:
+    """--out is a directory, or can become one, and a file can be created in it."""
+    if not str(out).strip():
+        raise UsageError("--out is empty; give a directory (created if missing)")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a directory (created if missing)")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"--out {str(out)!r} is under {str(existing)!r}, which is a file; give a directory"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".harness-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(
+            f"--out {str(out)!r}: cannot create files in {str(existing)!r} ({err.strerror})"
+        ) from None
+
+
+def check_names(plan: Plan, out: Path) -> None:
+    """Every folder and file name of the plan's result parts fits the file system's limit."""
+    from harness import results
+
+    for unit in plan.units:
+        path = results.part_path(
+            out, unit.task.table, unit.model.name, unit.mitigation.spec, unit.slot
+        )
+        for name in path.relative_to(out).parts:
+            if len(os.fsencode(name)) > NAME_MAX:
+                raise UsageError(
+                    f"the results folder name {name[:40]!r}... for model {unit.model.name!r} "
+                    f"and mitigation {unit.mitigation.spec!r} is {len(os.fsencode(name))} bytes "
+                    f"URI-encoded, above the file system's {NAME_MAX}; use a shorter folder "
+                    "or file name"
+                )
 
 
 def check_backend(backend: str, device: str) -> None:

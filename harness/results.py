@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,25 +162,40 @@ def model_ids(out: Path, partitions: Callable[[str], bool]) -> set[str]:
 
 
 def read_table(out: Path, table: str) -> pa.Table:
-    """Every part of one table as a single Arrow table, with `model` and `mitigation` columns.
-    Parts of older versions with fewer columns read with nulls there; a part whose footer
-    cannot be read (corrupt, truncated by something else than this harness) is left out."""
-    partitioning = ds.partitioning(PARTITIONS, flavor="hive")
-    dataset = ds.dataset(out / table, format="parquet", partitioning=partitioning)
-    readable, schemas = [], []
-    for fragment in dataset.get_fragments():
+    """Every readable part of one table as a single Arrow table, with `model` and `mitigation`
+    columns. Parts of older versions with fewer columns read with nulls there; parts that
+    cannot be read (torn, truncated, not Parquet) are left out and named in one warning line
+    on stderr."""
+    root = out / table
+    parts, corrupt = [], []
+    for path in sorted(root.rglob("*.parquet")):
+        if path.name.startswith((".", "_")):
+            continue  # a temporary of a write in progress
         try:
-            schemas.append(fragment.physical_schema)
-        except (pa.ArrowInvalid, OSError):
+            pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            corrupt.append(f"{path} ({_first_line(err)})")
             continue
-        readable.append(fragment.path)
+        parts.append(path)
+    if corrupt:
+        print(
+            f"harness: warning: left out {len(corrupt)} unreadable part(s) of table {table!r}: "
+            + "; ".join(corrupt),
+            file=sys.stderr,
+        )
+    schema = pa.unify_schemas([*(pq.read_schema(p) for p in parts), PARTITIONS])
+    partitioning = ds.partitioning(PARTITIONS, flavor="hive")
     return ds.dataset(
-        readable,
-        schema=pa.unify_schemas([*schemas, PARTITIONS]),
+        [str(p) for p in parts],
+        schema=schema,
         format="parquet",
         partitioning=partitioning,
-        partition_base_dir=str(out / table),
+        partition_base_dir=str(root),
     ).to_table()
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def write_manifest(out: Path, run_id: str, manifest: dict[str, Any]) -> Path:

@@ -39,13 +39,14 @@ import pyarrow.parquet as pq
 import torch
 
 import harness
-from harness import results
+from harness import memory, results
 from harness.models.base import LanguageModel
 from harness.models.loading import load, pick_device
 from harness.plan import Unit
 from tasks.base import NonFiniteError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CPU_OOM = "DefaultCPUAllocator: can't allocate memory"  # torch's RuntimeError on the CPU
 VERSIONED = ("torch", "transformers", "datasets", "pyarrow", "mamba-ssm", "triton", "lm-eval")
 SKIPPED = "skipped"  # the status of a unit left out by the early stop
 
@@ -116,11 +117,17 @@ class Quiet:
 
 
 def classify(err: BaseException) -> str:
-    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+    if isinstance(err, torch.OutOfMemoryError | MemoryError) or CPU_OOM in str(err):
         return "oom"
     if isinstance(err, NonFiniteError):
         return "nonfinite"
     return "error"
+
+
+def longest_prompt(params: dict[str, Any]) -> int:
+    """The longest prompt a unit builds, in tokens: its `length`, or its longest of
+    `recall_lengths` (state-capacity)."""
+    return max([params.get("length", 0), *params.get("recall_lengths", [])])
 
 
 def git_commit() -> str | None:
@@ -241,11 +248,14 @@ class JobRunner:
         self.job = job
         self.config = job.config
         self.progress = progress
-        self.device = pick_device(job.config.device)
         self.commit = git_commit()
         self.artifacts: dict[str, dict[str, Any]] = {}
         self.done_before: list[Unit] = []
         self.model: LanguageModel | Exception | None = None  # loaded when first needed
+        try:
+            self.device = pick_device(job.config.device)
+        except ValueError as err:  # a worker without the device asked for: each unit fails
+            self.device, self.model = job.config.device, err
         self.hooked: tuple[str, Exception | None] | None = None  # installed spec, its error
 
     def run(self) -> JobResult:
@@ -335,6 +345,7 @@ class JobRunner:
         def advance(n: int) -> None:
             self.progress.advance(unit, n)
 
+        memory.check_prompt(longest_prompt(unit.params))
         try:
             return unit.task.run(model, unit.params, advance), ""
         except Exception as err:

@@ -3,6 +3,8 @@ nothing written."""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,7 @@ def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expec
         (["--models", "tiny-pythia", "--depths", "0.5,1.5"], ["bad depth '1.5'", "[0, 1]"]),
         (["--models", "tiny-pythia", "--depths", "-0.1"], ["bad depth '-0.1'"]),
         (["--models", "tiny-pythia", "--depths", "x"], ["bad depth 'x'"]),
-        (["--models", "tiny-pythia", "--samples", "0"], ["--samples must be at least 1"]),
+        (["--models", "tiny-pythia", "--samples", "0"], ["--samples must be a whole number"]),
         (
             ["--models", "tiny-pythia", "--mitigations", "none:x=1"],
             ["has no parameter 'x'", "takes no parameters"],
@@ -62,6 +64,37 @@ def test_output_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     out.write_text("not a folder")
     fails(["--models", "tiny-pythia"], out, capsys, "is a file")
     assert out.read_text() == "not a folder"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs (as root, file modes do not stop writes); skipped where mounting is
+    not allowed."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_output_folder_not_writable(
+    read_only_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails(["--models", "tiny-pythia"], read_only_folder / "out", capsys, "cannot create files")
+    assert not any(read_only_folder.iterdir())
+
+
+def test_output_folder_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    fails(["--models", "tiny-pythia"], tmp_path / "file" / "out", capsys, "which is a file")
 
 
 def test_local_model_paths(

@@ -102,7 +102,8 @@ def test_tiny_bundled_and_hub_models_keep_their_names(
     )
     assert len({tiny_m.id, tiny_p.id, bundled.id}) == 3
     assert bundled.id == identity.folder_identity(bundled.path)  # by its files
-    [catalog] = parse_models("mamba2-130m")
+    # (parse_models also needs the hub repository fetchable: identify alone here)
+    catalog = identity.identify(resolve("mamba2-130m"))
     assert catalog.name == "mamba2-130m"
     uncached = catalog.id
     # A cached snapshot (the hub cache's layout): the identity takes its commit.
@@ -116,7 +117,7 @@ def test_tiny_bundled_and_hub_models_keep_their_names(
     (repo / "refs" / "main").write_text(sha)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert identity.hub_revision("state-spaces/mamba2-130m") == sha
-    [cached] = parse_models("mamba2-130m")
+    cached = identity.identify(resolve("mamba2-130m"))
     assert cached.id != uncached and cached.name == "mamba2-130m"
 
 

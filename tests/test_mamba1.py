@@ -203,9 +203,10 @@ def test_unknown_families_are_refused_naming_what_was_found(config: dict, messag
 
 
 def test_peer_sets_expand_to_matching_models() -> None:
-    from harness.plan import parse_models
+    from harness.models.loading import resolve
+    from harness.plan import model_refs
 
-    models = parse_models("pile-160m")
+    models = [resolve(ref) for ref in model_refs("pile-160m")]  # parse_models would fetch them
     assert [(m.name, m.family) for m in models] == [
         ("pythia-160m", "transformer"),
         ("mamba-130m", "mamba1"),

@@ -21,8 +21,15 @@ from harness.models.catalog import CATALOG, NEOX_TOKENIZER, ModelSpec
 from harness.models.tiny import TINY_MODELS
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# owner/name as the hub spells them: ASCII letters, digits, '-', '_', '.'; no '..' or '--'
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?", re.ASCII)
 DEFAULT_CONTEXT = 2048
+HUB_TIMEOUT_S = 5  # for the one request that checks a hub model exists, before any work
+FETCH_HINT = (
+    "`harness list models` names the bundled models, which need no download; or give a local "
+    "checkpoint folder (config.json and weights)"
+)
 
 
 class ModelError(ValueError):
@@ -85,9 +92,19 @@ def resolve(ref: str) -> ModelSource:
             ref=ref, name=ref, family=spec.family, config={}, spec=spec, repo=spec.repo
         )
     path = Path(ref).expanduser()
-    if path.exists() or not HUB_ID.match(ref):
+    if path.exists() or not is_hub_id(ref):
         return _resolve_local(ref, path)
     return _resolve_hub(ref)
+
+
+def is_hub_id(ref: str) -> bool:
+    """owner/name, and nothing a path would look like ('a/..', './x/y', '~/m')."""
+    return (
+        bool(HUB_ID.fullmatch(ref))
+        and ".." not in ref
+        and "--" not in ref
+        and (not ref.endswith("."))
+    )
 
 
 def _resolve_local(ref: str, path: Path) -> ModelSource:
@@ -135,22 +152,76 @@ def _blinkdl_file(path: Path) -> Path | None:
 
 def _resolve_hub(ref: str) -> ModelSource:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
-        config_file = hf_hub_download(ref, "config.json")
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise ModelError(
-            f"cannot fetch config.json of hub model {ref!r} ({type(err).__name__}); check the id, "
-            "the network, or HF_HUB_OFFLINE (offline, only models already cached load)"
-        ) from None
+    check_hub_repo(ref, ref)
+    config_file = hf_hub_download(ref, "config.json")
     config = json.loads(Path(config_file).read_text())
     return ModelSource(ref=ref, name=ref, family=family_of(config), config=config, repo=ref)
 
 
+def check_fetchable(source: ModelSource) -> None:
+    """A model that comes from the hub: its repository (and its tokenizer's) is in the local
+    cache or answers one quick request; otherwise ModelError at once, without retries."""
+    if source.spec is None:
+        return  # local folders were checked by resolve; hub ids by _resolve_hub
+    check_hub_repo(source.name, source.spec.repo)
+    if source.spec.tokenizer != source.spec.repo:
+        check_hub_repo(source.name, source.spec.tokenizer, "tokenizer_config.json")
+
+
+def check_hub_repo(name: str, repo: str, filename: str = "config.json") -> None:
+    """`filename` of hub repository `repo` is cached, or the hub has it (one request, short
+    timeout, no retries); ModelError naming why not."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(try_to_load_from_cache(repo, filename), str):
+        return
+    where = f"model {name!r} needs hub repository {repo!r}, which is not in the local cache"
+    if constants.is_offline_mode():
+        raise ModelError(f"{where} and HF_HUB_OFFLINE is set; {FETCH_HINT}")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise ModelError(
+            f"{where}, and the hub ({constants.ENDPOINT}) has no such repository (or it is "
+            f"private); check the id; {FETCH_HINT}"
+        ) from None
+    except EntryNotFoundError:
+        raise ModelError(f"{where}, and it has no {filename} on the hub; {FETCH_HINT}") from None
+    except Exception as err:  # network and HTTP errors: their classes vary with the version
+        raise ModelError(
+            f"{where}, and the hub ({constants.ENDPOINT}) did not answer "
+            f"({type(err).__name__}: {_first_line(err)}); {FETCH_HINT}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
+
+
 def pick_device(device: str) -> str:
+    """auto (cuda when torch sees one, else cpu), cpu, cuda or cuda:N, checked against the
+    devices torch sees here; ValueError naming them otherwise."""
+    if not DEVICE.fullmatch(device):
+        raise ValueError(f"bad --device {device!r}: use auto, cpu, cuda or cuda:N")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        why = "is built without CUDA" if torch.version.cuda is None else "sees no CUDA device"
+        raise ValueError(f"--device {device}: torch {torch.__version__} {why}; use cpu or auto")
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(
+            f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return device
 
 
