@@ -36,8 +36,10 @@ from harness.plan import (
     parse_tasks,
 )
 from harness.registry import MITIGATIONS, TASKS, RegistryError
-from harness.settings import describe, format_value
+from harness.settings import argument_type, describe, format_value
 from harness.train import cli as train_cli
+
+INT, FLOAT = argument_type(int), argument_type(float)  # ASCII digits only, like settings
 
 if TYPE_CHECKING:
     from harness.executors.base import ExecutorSettings
@@ -169,11 +171,11 @@ def add_executor_arguments(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("executors")
     group.add_argument("--executor", default="local", choices=list(EXECUTORS))
     group.add_argument(
-        "--workers", type=int, default=1, help="jobs at once (local: worker processes)"
+        "--workers", type=INT, default=1, help="jobs at once (local: worker processes)"
     )
-    group.add_argument("--gpus-per-worker", type=float, help="ray/slurm: GPUs per job")
+    group.add_argument("--gpus-per-worker", type=FLOAT, help="ray/slurm: GPUs per job")
     group.add_argument(
-        "--max-retries", type=int, default=1, help="runs again of a job whose worker died"
+        "--max-retries", type=INT, default=1, help="runs again of a job whose worker died"
     )
     group.add_argument("--ray-address", help="an existing Ray cluster (default: a private one)")
     group.add_argument("--slurm-partition")
@@ -184,7 +186,7 @@ def add_executor_arguments(run: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--stop-after-fails",
-        type=int,
+        type=INT,
         metavar="K",
         help="skip longer lengths of a (model, mitigation, task) once K in a row score at or "
         "below chance",

@@ -17,12 +17,13 @@ or the expected type.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -137,6 +138,20 @@ def parse_value(text: str, kind: Any) -> Any:
     else:
         raise TypeError(f"settings of type {kind!r} are not supported")
     raise SettingError(_expected(kind))
+
+
+def argument_type(kind: Any) -> Callable[[str], Any]:
+    """An argparse `type=` reading a flag with the one converter, so that `--workers ５` is
+    refused like `r=５` (Python's int() would take other scripts' digits)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse_value(text, kind)
+        except SettingError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} {err}") from None
+
+    convert.__name__ = type_name(kind)
+    return convert
 
 
 def type_name(kind: Any) -> str:

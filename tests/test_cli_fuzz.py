@@ -99,14 +99,14 @@ CASES: list[tuple[list[str], str]] = [
     (["--models", "tiny-pythia", "--mitigations", "rri"], "does not apply to tiny-pythia"),
     (["--models", "tiny-mamba2", "--mitigations", "rri+"], "empty mitigation name"),
     (["--models", "tiny-mamba2", "--mitigations", "rri:a"], "expected key=value"),
-    (["--models", "tiny-mamba2", "--mitigations", "rri:c=1"], "has no parameter c"),
+    (["--models", "tiny-mamba2", "--mitigations", "rri:c=1"], "has no parameter 'c'"),
     (["--models", "tiny-mamba2", "--mitigations", "rri:a=abc"], "a='abc'"),
     (["--models", "tiny-mamba2", "--mitigations", "rri:a=2"], "in (0, 1]"),
     (["--models", "tiny-mamba2", "--mitigations", "rri:a=-0.5"], "in (0, 1]"),
-    (["--models", "tiny-mamba2", "--mitigations", "rri:a=nan"], "in (0, 1]"),
+    (["--models", "tiny-mamba2", "--mitigations", "rri:a=nan"], "a='nan' is not a number"),
     (["--models", "tiny-mamba2", "--mitigations", "rri:b=inf"], "finite number > 0"),
     (["--models", "tiny-mamba2", "--mitigations", "dt-scale:s=0"], "finite number > 0"),
-    (["--models", "tiny-mamba2", "--mitigations", "dt-scale:s=nan"], "finite number > 0"),
+    (["--models", "tiny-mamba2", "--mitigations", "dt-scale:s=nan"], "s='nan' is not a number"),
     (["--models", "tiny-mamba2", "--mitigations", "dt-scale:file=@T/no.json"], "does not exist"),
     (["--models", "tiny-mamba2", "--mitigations", "dt-scale:file=@T/setup.txt"], "not JSON"),
     (["--models", "tiny-mamba2", "--mitigations", "window:r=0"], "integer >= 1"),
@@ -115,6 +115,19 @@ CASES: list[tuple[list[str], str]] = [
         ["--models", "tiny-mamba2", "--mitigations", f"dt-scale:file=@T/{LONG_DIR}/s.json"],
         "above the file system's 255",
     ),
+    (["--models", "tiny-mamba2", "--mitigations", "rri:b=２"], "b='２' is not a number"),
+    (["--models", "tiny-mamba2", "--mitigations", "rri:b=0x1"], "b='0x1' is not a number"),
+    (["--models", "tiny-mamba2", "--mitigations", "window:r=1_0"], "r='1_0' is not an integer"),
+    (["--models", "tiny-mamba2", "--mitigations", "state-norm:k=1e3"], "is not an integer"),
+    (
+        ["--models", "tiny-pythia", "--tasks", "perplexity", "--option", "perplexity.bucket=６４"],
+        "bucket='６４' is not an integer",
+    ),
+    # executor flags
+    (["--models", "tiny-pythia", "--workers", "５"], "'５' is not an integer"),
+    (["--models", "tiny-pythia", "--workers", "0"], "--workers must be at least 1"),
+    (["--models", "tiny-pythia", "--gpus-per-worker", "nan"], "'nan' is not a number"),
+    (["--models", "tiny-pythia", "--executor", "mpi"], "invalid choice: 'mpi'"),
     # output folder
     (["--models", "tiny-pythia", "--out", "@T/setup.txt"], "is a file"),
     (["--models", "tiny-pythia", "--out", "@T/setup.txt/results"], "which is a file"),
@@ -127,6 +140,8 @@ OTHER_COMMANDS: list[tuple[list[str], str]] = [
     ([], "the following arguments are required"),
     (["runn"], "invalid choice: 'runn'"),
     (["list", "bogus"], "invalid choice: 'bogus'"),
+    (["train", "--steps", "３"], "'３' is not an integer"),
+    (["train", "--lr", "nan"], "'nan' is not a number"),
 ]
 
 

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.settings import argument_type
 from harness.train.models import FAMILIES, Shape, Trainable, build, load
+
+INT, FLOAT = argument_type(int), argument_type(float)  # ASCII digits only, like settings
 
 if TYPE_CHECKING:
     from harness.models.tokenizer import TextCodec
@@ -67,21 +70,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("d_ff", "GPT-NeoX MLP width"),
     ]:
         flag = "--" + name.replace("_", "-")
-        shape.add_argument(flag, type=int, default=getattr(defaults, name), help=help_text)
+        shape.add_argument(flag, type=INT, default=getattr(defaults, name), help=help_text)
 
     run = parser.add_argument_group("optimisation")
-    run.add_argument("--segment-length", type=int, default=512, help="T: tokens per segment")
-    run.add_argument("--segments", type=int, default=1, help="P: segments chained per sample")
-    run.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    run.add_argument("--batch-size", type=int, default=16, help="samples per step")
-    run.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    run.add_argument("--min-lr", type=float, default=0.0, help="rate at the end of the decay")
-    run.add_argument("--warmup", type=int, default=100, help="warmup steps")
-    run.add_argument("--decay", type=float, default=0.2, help="fraction of steps decaying")
-    run.add_argument("--weight-decay", type=float, default=0.1)
-    run.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
-    run.add_argument("--seed", type=int, default=0, help="weights and data order")
-    run.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
+    run.add_argument("--segment-length", type=INT, default=512, help="T: tokens per segment")
+    run.add_argument("--segments", type=INT, default=1, help="P: segments chained per sample")
+    run.add_argument("--steps", type=INT, default=1000, help="optimizer steps")
+    run.add_argument("--batch-size", type=INT, default=16, help="samples per step")
+    run.add_argument("--lr", type=FLOAT, default=2e-3, help="peak learning rate")
+    run.add_argument("--min-lr", type=FLOAT, default=0.0, help="rate at the end of the decay")
+    run.add_argument("--warmup", type=INT, default=100, help="warmup steps")
+    run.add_argument("--decay", type=FLOAT, default=0.2, help="fraction of steps decaying")
+    run.add_argument("--weight-decay", type=FLOAT, default=0.1)
+    run.add_argument("--clip", type=FLOAT, default=1.0, help="gradient norm clip")
+    run.add_argument("--seed", type=INT, default=0, help="weights and data order")
+    run.add_argument("--save-every", type=INT, default=100, help="steps between checkpoints")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
