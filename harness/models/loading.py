@@ -271,16 +271,29 @@ def _info(
     )
 
 
+def _checkpoint_folder(source: ModelSource) -> Path:
+    """A local checkpoint as given; a hub one downloaded into the hub cache (config, weights
+    and any tokenizer files beside them, which are then used rather than the fallback)."""
+    if source.path is not None:
+        return source.path
+    from huggingface_hub import snapshot_download
+
+    from harness.models.mamba2.checkpoint import HUB_PATTERNS
+    from harness.models.tokenizer import TOKENIZER_FILES
+
+    assert source.repo is not None, f"model {source.ref!r} is neither local nor on the hub"
+    return Path(snapshot_download(source.repo, allow_patterns=[*HUB_PATTERNS, *TOKENIZER_FILES]))
+
+
 def _load_mamba2(
     source: ModelSource, device: str, dtype: torch.dtype, backend: str
 ) -> LanguageModel:
     from harness.models.mamba2 import Mamba2LM, load_mamba2, resolve_backend
     from harness.models.tokenizer import load_tokenizer
 
-    module = load_mamba2(str(source.path or source.repo), device=device, dtype=dtype)
-    tokenizer = load_tokenizer(
-        source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER
-    )
+    folder = _checkpoint_folder(source)
+    module = load_mamba2(folder, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(folder, source.spec.tokenizer if source.spec else NEOX_TOKENIZER)
     backend = resolve_backend(backend, torch.device(device))
     info = _info(source, module, dtype, device, backend, module.config.state_size, "train_context")
     return Mamba2LM(module, tokenizer, info, backend=backend)
@@ -290,10 +303,9 @@ def _load_mamba1(source: ModelSource, device: str, dtype: torch.dtype) -> Langua
     from harness.models.mamba1 import Mamba1LM, load_mamba1
     from harness.models.tokenizer import load_tokenizer
 
-    module = load_mamba1(str(source.path or source.repo), device=device, dtype=dtype)
-    tokenizer = load_tokenizer(
-        source.path, source.spec.tokenizer if source.spec else NEOX_TOKENIZER
-    )
+    folder = _checkpoint_folder(source)
+    module = load_mamba1(folder, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(folder, source.spec.tokenizer if source.spec else NEOX_TOKENIZER)
     info = _info(source, module, dtype, device, "torch", module.config.state_size, "train_context")
     return Mamba1LM(module, tokenizer, info)
 
