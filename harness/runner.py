@@ -125,9 +125,10 @@ def classify(err: BaseException) -> str:
 
 
 def longest_prompt(params: dict[str, Any]) -> int:
-    """The longest prompt a unit builds, in tokens: its `length`, or its longest of
-    `recall_lengths` (state-capacity)."""
-    return max([params.get("length", 0), *params.get("recall_lengths", [])])
+    """The longest prompt a unit builds, in tokens: its `length`, or state-capacity's
+    `loss_length` and longest of `recall_lengths`."""
+    lengths = [params.get("length", 0), params.get("loss_length", 0)]
+    return max([*lengths, *params.get("recall_lengths", [])])
 
 
 def git_commit() -> str | None:
