@@ -380,7 +380,8 @@ def print_report(report: Report) -> None:
         row = cells.setdefault((o.unit.model.name, o.unit.mitigation.spec), {})
         row[column] = o.summary if o.status == "ok" else o.status
     table = Table(title=f"run {report.run_id}", caption=SUMMARY_CAPTION)
-    for name in ("model", "mitigation", *columns):
+    table.add_column("model", no_wrap=True)  # whole names; the other columns fold
+    for name in ("mitigation", *columns):
         table.add_column(name, overflow="fold")
     for (model, mitigation), row in cells.items():
         texts = (model, mitigation, *(row.get(c, "") for c in columns))
@@ -401,7 +402,8 @@ def print_report(report: Report) -> None:
         soft_wrap=True,
     )
     if report.manifest is not None:
-        console.print(leaderboard_hint(report.manifest.parent.parent), markup=False)
+        hint = leaderboard_hint(report.manifest.parent.parent)
+        console.print(hint, markup=False, soft_wrap=True)  # one line: the command copies whole
 
 
 def leaderboard_hint(out: Path) -> str:
@@ -409,7 +411,7 @@ def leaderboard_hint(out: Path) -> str:
     page = out / "leaderboard" / "index.html"
     return (
         f"leaderboard (every model against length / training length, tables, figures): "
-        f"harness leaderboard --results {shlex.quote(str(out))}, then open {page}"
+        f"harness leaderboard --results {shlex.quote(str(out))}  then open {page}"
     )
 
 
