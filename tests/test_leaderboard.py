@@ -710,3 +710,13 @@ def test_run_summary_reads_right_and_points_at_the_leaderboard(
     command = f"harness leaderboard --results {out}"
     assert command in text  # on one line, to copy
     assert run_cli("--results", str(out)) == 0  # the command it names works
+
+
+def test_csv_counts_are_integers_and_blank_when_unknown(results: Path) -> None:
+    """A column widened by a missing value (a transformer has no state size) stays integral."""
+    passkey_unit(results, "pythia-160m", "none", 8192, [True] * 10)
+    board = build(results, Options(), draw=False)
+    board.main.loc[board.main["model"] == "pythia-160m", "state_size"] = math.nan
+    rows = list(csv.DictReader(io.StringIO(to_csv(board))))
+    assert {r["state_size"] for r in rows} == {"4718592", ""}
+    assert {r["n_8K"] for r in rows} == {"10", ""}

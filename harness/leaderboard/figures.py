@@ -93,7 +93,7 @@ def passkey_heatmap(model: str, heatmaps: dict[str, Heatmap]) -> Plot:
         axis.set_xticks(range(grid.shape[1]), [token_label(n) for n in grid.columns])
         axis.set_yticks(range(grid.shape[0]), [str(label) for label in grid.index])
         axis.set(xlabel="context length (tokens)", ylabel="needle depth")
-        axis.set_title(f"{mitigation} ({heatmap.samples} samples)")
+        axis.set_title(f"{mitigation} ({heatmap.samples} samples in all)")
         if values.size <= ANNOTATE_CELLS:
             logprob = heatmap.logprob
             annotate(axis, values, None if logprob is None else logprob.to_numpy(dtype=float))

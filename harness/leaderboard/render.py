@@ -216,9 +216,13 @@ def csv_safe(value: object) -> object:
 
 
 def to_csv(board: Leaderboard) -> str:
+    """The main table, every column; counts and token lengths as integers (blank when
+    unknown, not 32768.0), text cells safe from spreadsheet formulas."""
     main = board.main.copy()
     for column in main.columns:
-        if not pd.api.types.is_numeric_dtype(main[column]):
+        if column in TOKEN_COLUMNS | COUNT_COLUMNS | {PASSKEY_N} or column.startswith(N):
+            main[column] = main[column].astype("Int64")
+        elif not pd.api.types.is_numeric_dtype(main[column]):
             main[column] = main[column].map(csv_safe)
     return main.to_csv(index=False)
 
@@ -257,7 +261,7 @@ def to_markdown(board: Leaderboard) -> str:
         lines += [f"## {CLIFF_TITLE}", ""]
         lines += [f"![{md_text(p.title)}]({path})" for model, p, path in figures if model is None]
         lines += [""]
-    lines += ["## How to read it", "", *(f"- {md_text(d)}" for d in definitions(board)), ""]
+    lines += ["## How to read it", "", *(f"- {d}" for d in definitions(board)), ""]
     current = None
     for model, plot, path in figures:
         if model is None:
