@@ -98,6 +98,7 @@ th[data-order="asc"]::after { content: " \\25B2"; }
 th[data-order="desc"]::after { content: " \\25BC"; }
 tbody tr:nth-child(even) { background: #fafafa; }
 td.failed { color: #a00; font-weight: 600; }
+table.plain th, table.plain td { text-align: left; white-space: normal; }
 .scroll { overflow-x: auto; }
 .warnings { background: #fff6e0; border: 1px solid #e0b040; padding: 0.3em 1em; }
 .warnings h2 { font-size: 1.1em; margin: 0.4em 0; }
@@ -199,8 +200,9 @@ def section(
     )
     paragraph = f"<p>{html.escape(note)}</p>" if note else ""
     return (
-        f'<h2>{html.escape(title)}</h2>{paragraph}<div class="scroll"><table class="sortable" '
-        f'id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+        f'<h2>{html.escape(title)}</h2>{paragraph}<div class="scroll">'
+        f'<table class="sortable plain" id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 

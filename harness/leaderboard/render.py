@@ -283,8 +283,13 @@ def to_markdown(board: Leaderboard) -> str:
 
 
 def plain_cells(board: Leaderboard, columns: list[str]) -> list[list[str]]:
+    """The main table's `columns` as text, integral numbers (widened by nulls) as integers."""
     rows = board.main.reindex(columns=columns)
-    return [["" if missing(v) else str(v) for v in row] for row in rows.itertuples(index=False)]
+    return [
+        ["" if missing(v) else f"{v:.0f}" if isinstance(v, float) and v.is_integer() else str(v)
+         for v in row]
+        for row in rows.itertuples(index=False)
+    ]  # fmt: skip
 
 
 def failure_cells(board: Leaderboard) -> list[list[str]]:
