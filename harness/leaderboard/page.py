@@ -94,8 +94,11 @@ th { background: #f0f0f0; cursor: pointer; vertical-align: bottom; font-weight: 
 th.name, td.name { text-align: left; }
 td.name div { white-space: normal; min-width: 9em; max-width: 14em; overflow-wrap: break-word; }
 td.status { white-space: normal; min-width: 4em; }
+#leaderboard tr > :first-child { position: sticky; left: 0; z-index: 1; }  /* many lengths scroll */
+#leaderboard td:first-child { background: inherit; }
 th[data-order="asc"]::after { content: " \\25B2"; }
 th[data-order="desc"]::after { content: " \\25BC"; }
+tbody tr { background: #fff; }
 tbody tr:nth-child(even) { background: #fafafa; }
 td.failed { color: #a00; font-weight: 600; }
 table.plain th, table.plain td { text-align: left; white-space: normal; }
