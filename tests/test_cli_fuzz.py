@@ -141,6 +141,9 @@ OTHER_COMMANDS: list[tuple[list[str], str]] = [
     (["runn"], "invalid choice: 'runn'"),
     (["list", "bogus"], "invalid choice: 'bogus'"),
     (["train", "--steps", "３"], "'３' is not an integer"),
+    (["leaderboard", "--positions", "１,2"], "'１,2' is not a comma-separated list"),
+    (["leaderboard", "--positions", "1,inf"], "'1,inf' is not a comma-separated list"),
+    (["leaderboard", "--threshold", "０.５"], "'０.５' is not an accuracy"),
     (["train", "--lr", "nan"], "'nan' is not a number"),
 ]
 

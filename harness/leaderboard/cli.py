@@ -6,18 +6,20 @@ Importing this module is cheap: the command imports the heavy modules when it ru
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from harness.leaderboard.options import DEFAULT_POSITIONS, DEFAULT_THRESHOLD, Options
+from harness.settings import SettingError, parse_value
 
 
 def threshold(text: str) -> float:
     """An accuracy in (0, 1]."""
     problem = argparse.ArgumentTypeError(f"{text!r} is not an accuracy in (0, 1], e.g. 0.95")
     try:
-        value = float(text)
-    except ValueError:
+        value = parse_value(text, float)  # ASCII digits only
+    except SettingError:
         raise problem from None
     if not 0.0 < value <= 1.0:
         raise problem
@@ -27,10 +29,10 @@ def threshold(text: str) -> float:
 def positions(text: str) -> tuple[float, ...]:
     """'0.5,1,2' -> (0.5, 1.0, 2.0): positive multiples of the training length."""
     try:
-        values = tuple(float(item) for item in text.split(","))
-    except ValueError:
+        values = tuple(parse_value(item, float) for item in text.split(","))  # ASCII digits only
+    except SettingError:
         values = ()
-    if not values or not all(v > 0 for v in values):
+    if not values or not all(0 < v < math.inf for v in values):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of positive numbers, e.g. 0.5,1,2,4,8"
         )
