@@ -75,6 +75,7 @@ CASES: list[tuple[list[str], str]] = [
     (["--models", "@T/setup.txt"], "is a file"),
     (["--models", "mamba2-130m"], "harness list models"),
     (["--models", "pythia-160m"], "HF_HUB_OFFLINE is set"),
+    (["--models", "rwkv6-world-1.6b"], "HF_HUB_OFFLINE is set"),
     (["--models", "no-such-owner/no-such-model"], "not in the local cache"),
     (["--models", "tiny-pythia,mamba2-370m"], "mamba2-370m"),
     (["--models", f"@T/{LONG_DIR}"], "above the file system's 255"),

@@ -31,7 +31,7 @@ COMMIT = hashlib.sha1(b"harness-test").hexdigest()  # the repository's one commi
 
 
 class Hub(BaseHTTPRequestHandler):
-    """Model info (`/api/models/{repo}/revision/{rev}`), file listing (`.../tree/{rev}`) and
+    """Model info (`/api/models/{repo}[/revision/{rev}]`), file listing (`.../tree/{rev}`) and
     files (`/{repo}/resolve/{rev}/{path}`, HEAD and GET, with the ETag, X-Repo-Commit and
     Content-Length headers the client reads); 404 with the hub's X-Error-Code otherwise."""
 
@@ -63,7 +63,7 @@ class Hub(BaseHTTPRequestHandler):
         files = self.repos.get(f"{owner}/{name}")
         if files is None:
             return self._error(404, "RepoNotFound")
-        if kind == "revision":
+        if kind in ("", "revision"):
             siblings = [{"rfilename": f} for f in files]
             return self._json({"id": f"{owner}/{name}", "sha": COMMIT, "siblings": siblings})
         if kind == "tree":

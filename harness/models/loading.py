@@ -154,45 +154,49 @@ def _resolve_hub(ref: str) -> ModelSource:
     from huggingface_hub import hf_hub_download
 
     check_hub_repo(ref, ref)
-    config_file = hf_hub_download(ref, "config.json")
+    try:
+        config_file = hf_hub_download(ref, "config.json")
+    except Exception as err:  # not there, or the network: the classes vary with the version
+        raise ModelError(
+            f"cannot fetch config.json of hub model {ref!r} ({type(err).__name__}: "
+            f"{_first_line(err)}); {FETCH_HINT}"
+        ) from None
     config = json.loads(Path(config_file).read_text())
     return ModelSource(ref=ref, name=ref, family=family_of(config), config=config, repo=ref)
 
 
 def check_fetchable(source: ModelSource) -> None:
-    """A model that comes from the hub: its repository (and its tokenizer's) is in the local
-    cache or answers one quick request; otherwise ModelError at once, without retries."""
+    """A model that comes from the hub: its repository (and its tokenizer's, where that is a
+    hub id) is in the local cache or answers one quick request; otherwise ModelError at once,
+    without retries."""
     if source.spec is None:
         return  # local folders were checked by resolve; hub ids by _resolve_hub
     check_hub_repo(source.name, source.spec.repo)
-    if source.spec.tokenizer != source.spec.repo:
-        check_hub_repo(source.name, source.spec.tokenizer, "tokenizer_config.json")
+    tokenizer = source.spec.tokenizer
+    if tokenizer != source.spec.repo and is_hub_id(tokenizer):
+        check_hub_repo(source.name, tokenizer)
 
 
-def check_hub_repo(name: str, repo: str, filename: str = "config.json") -> None:
-    """`filename` of hub repository `repo` is cached, or the hub has it (one request, short
-    timeout, no retries); ModelError naming why not."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+def check_hub_repo(name: str, repo: str) -> None:
+    """Hub repository `repo` has a snapshot in the local cache, or the hub knows it (one
+    model-info request, short timeout, no retries); ModelError naming why not."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.file_download import repo_folder_name
 
-    if isinstance(try_to_load_from_cache(repo, filename), str):
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    if (folder / "snapshots").is_dir() and any((folder / "snapshots").iterdir()):
         return
     where = f"model {name!r} needs hub repository {repo!r}, which is not in the local cache"
     if constants.is_offline_mode():
         raise ModelError(f"{where} and HF_HUB_OFFLINE is set; {FETCH_HINT}")
     try:
-        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=HUB_TIMEOUT_S)
-    except (RepositoryNotFoundError, RevisionNotFoundError):
+        HfApi().model_info(repo, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
         raise ModelError(
             f"{where}, and the hub ({constants.ENDPOINT}) has no such repository (or it is "
-            f"private); check the id; {FETCH_HINT}"
+            f"private or gated); check the id; {FETCH_HINT}"
         ) from None
-    except EntryNotFoundError:
-        raise ModelError(f"{where}, and it has no {filename} on the hub; {FETCH_HINT}") from None
     except Exception as err:  # network and HTTP errors: their classes vary with the version
         raise ModelError(
             f"{where}, and the hub ({constants.ENDPOINT}) did not answer "
