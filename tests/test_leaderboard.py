@@ -316,7 +316,7 @@ def test_state_tables_feed_collapse_length_and_norm_curves(tmp_path: Path) -> No
     [plot] = board.plots["mamba2-130m"]
     assert plot.name == "state-norms" and plot.png.startswith(b"\x89PNG")
     assert plot.title == "state norm of the collapsing heads"
-    assert f"| {RRI} | ok | mamba2 | 130M | 4.72M | 2K | none to 32K | 32K |" in to_markdown(board)
+    assert f"| {RRI} | mamba2 | 130M | 4.72M | 2K | none to 32K | 32K |" in to_markdown(board)
 
 
 def test_heads_to_draw_follow_the_task_verdict_then_growth() -> None:

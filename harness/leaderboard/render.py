@@ -76,9 +76,9 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-
 def definitions(board: Leaderboard) -> list[str]:
     threshold = board.options.threshold
     return [
-        "status: ok, partial (some units failed) or failed (every unit of the row failed: "
-        "it has no numbers); the number of failed units in brackets, each listed under "
-        "Failed units.",
+        "status (shown when some unit failed): ok, partial (some units failed) or failed "
+        "(every unit of the row failed: it has no numbers); the number of failed units in "
+        "brackets, each listed under Failed units.",
         f"effective length: the largest tested length L such that every length up to L that "
         f"was attempted has passkey accuracy >= {threshold:g}; a failed unit (oom, "
         "nonfinite, error) counts as not passing; 0 when the shortest length fails; 'failed' "
@@ -112,10 +112,12 @@ def shown_columns(main: pd.DataFrame) -> list[str]:
     """The main table's columns as shown: not the provenance (a table of its own), nor what
     other cells show: the n_<L> sample counts (in acc_<L>), the passkey samples (their sum),
     the failed units (in the status) and how far a collapse was searched (in
-    collapse_length)."""
+    collapse_length); the status only when some row is not ok."""
     hidden = {STATE_CAPACITY.searched_to, PASSKEY_N, *PROVENANCE, *documents(main)}
     if ROW_STATUS in main.columns:
         hidden.add(FAILED)  # shown in the status
+        if (main[ROW_STATUS] == RowStatus.OK).all():
+            hidden.add(ROW_STATUS)  # nothing failed: the column would only say ok
     return [
         c
         for c in main.columns
@@ -171,6 +173,8 @@ def cell_text(row: pd.Series, column: str) -> str:
         return token_label(float(value))
     if column in COUNT_COLUMNS:
         return count_label(float(value))
+    if column.startswith("ppl_"):
+        return f"{value:.3g}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
