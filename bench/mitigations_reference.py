@@ -39,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=8, help="passkey samples per length")
     parser.add_argument("--calib-steps", type=int, default=10, help="zo steps per calibration")
     parser.add_argument("--text", default="sonnets", help="calibration and perplexity text")
+    parser.add_argument("--models", help="comma-separated bundled models (default: all)")
     return parser.parse_args()
 
 
@@ -160,7 +161,7 @@ LITERATURE = """
 def main() -> None:
     args = parse_args()
     multiples = [int(k) for k in args.multiples.split(",")]
-    bundled = bundled_models()
+    bundled = list(args.models.split(",")) if args.models else list(bundled_models())
     recurrent = [m for m in bundled if resolve(m).family == "mamba2"]
     for name in recurrent:
         evaluate(name, multiples, args)
@@ -169,7 +170,7 @@ def main() -> None:
         run(["run", "--models", name, "--mitigations", "none,oprm", "--tasks", "passkey",
              "--lengths", ",".join(str(k * T) for k in multiples), "--samples", str(args.samples),
              "--out", str(args.out / "results")])  # fmt: skip
-    write_readme(args.out, list(bundled), multiples)
+    write_readme(args.out, bundled, multiples)
     print(f"wrote {args.out / 'README.md'}")
 
 
