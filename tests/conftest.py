@@ -48,3 +48,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+VOLATILE = ["run_id", "created_at", "device"]  # differ between runs of one plan
+
+
+def comparable_table(out: Path, table: str):
+    """A results table without its per-run columns, rows in a canonical order (pandas)."""
+    from harness.results import read_table
+
+    frame = read_table(out, table).to_pandas().drop(columns=VOLATILE)
+    frame = frame.astype({c: str for c in ("model", "mitigation")})
+    keys = [c for c in ("unit_id", "sample", "document", "start") if c in frame]
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def table_rows():
+    """comparable_table, for tests that compare the tables of two runs of one plan."""
+    return comparable_table

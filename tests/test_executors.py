@@ -18,16 +18,6 @@ from harness.results import read_table
 from tasks.base import TaskOptions
 from tasks.passkey import Passkey
 
-VOLATILE = ["run_id", "created_at", "device"]  # differ between runs of the same plan
-
-
-def table_rows(out: Path, table: str) -> pd.DataFrame:
-    """A results table without its per-run columns, rows in a canonical order."""
-    frame = read_table(out, table).to_pandas().drop(columns=VOLATILE)
-    frame = frame.astype({c: str for c in ("model", "mitigation")})
-    keys = [c for c in ("unit_id", "sample", "document", "start") if c in frame]
-    return frame.sort_values(keys).reset_index(drop=True)
-
 
 def parts(out: Path) -> list[Path]:
     return sorted(out.rglob("part-*.parquet"))
@@ -77,9 +67,12 @@ def test_dry_run_prints_jobs_and_writes_nothing(
     assert not out.exists()
 
 
-def test_worker_processes_give_the_in_process_tables(one_thread: None, tmp_path: Path) -> None:
+def test_worker_processes_give_the_in_process_tables(
+    one_thread: None, tmp_path: Path, table_rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = ("--tasks", "passkey,perplexity", "--lengths", "300,400")
     assert run(tmp_path / "one", *args) == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two GPUs named (none behind them here)
     assert run(tmp_path / "two", *args, "--workers", "2") == 0
     for table in ("passkey", "perplexity"):
         pd.testing.assert_frame_equal(
@@ -91,6 +84,7 @@ def test_worker_processes_give_the_in_process_tables(one_thread: None, tmp_path:
     assert {m.parent.name for m in manifests} == {run_manifest["run_id"]}
     workers = [json.loads(m.read_text()) for m in manifests]
     assert {w["device"] for w in workers} == {"cpu"} and len({w["pid"] for w in workers}) == 2
+    assert {w["cuda_visible_devices"] for w in workers} == {"0", "1"}  # one GPU per worker
 
 
 def test_status_names_done_failed_and_missing_units(

@@ -83,7 +83,10 @@ def test_rerun_of_a_finished_command_writes_nothing(neox_dir: Path, tmp_path: Pa
 
 
 def test_interrupted_run_resumes_without_duplicates(
-    neox_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    neox_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "results"
     original = Passkey.run
@@ -97,6 +100,8 @@ def test_interrupted_run_resumes_without_duplicates(
 
     monkeypatch.setattr(Passkey, "run", interrupted)
     assert run(neox_dir, out) == 130
+    interrupted = "interrupted; 1 units done, rerun the same command to resume"
+    assert interrupted in " ".join(capsys.readouterr().err.split())
     assert len(list(out.rglob("part-*.parquet"))) == 1
     monkeypatch.setattr(Passkey, "run", original)
     assert run(neox_dir, out) == 0

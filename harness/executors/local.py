@@ -2,8 +2,10 @@
 progress per token), or in `--workers N` worker processes.
 
 Worker processes are started fresh (spawn) and keep running job after job; each takes an
-equal share of the CPU threads and the device the run names (`--device cuda:N`, or whatever
-CUDA_VISIBLE_DEVICES leaves). A worker that dies (killed, out of host memory) breaks the
+equal share of the CPU threads. With --device auto or cuda and several GPUs visible (those of
+CUDA_VISIBLE_DEVICES, else all), worker k gets the k-th of them (round robin) as its
+CUDA_VISIBLE_DEVICES, as a cluster engine would assign them; `--device cuda:N` pins every
+worker to GPU N instead. A worker that dies (killed, out of host memory) breaks the
 pool: the jobs it had not finished are handed to a fresh pool up to --max-retries times (the
 units they had already written are not run again), then reported lost.
 """
@@ -16,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from multiprocessing.queues import Queue
 
 import torch
 
@@ -23,9 +26,19 @@ from harness.executors.base import Executor, Finished
 from harness.runner import Job, Progress, run_job
 
 
-def _limit_threads(threads: int) -> None:
-    """Worker initializer: its share of the CPU cores."""
+def _start_worker(threads: int, gpus: Queue | None) -> None:
+    """Worker initializer: its share of the CPU cores, and its GPU (before CUDA starts)."""
     torch.set_num_threads(threads)
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 class LocalExecutor(Executor):
@@ -42,12 +55,18 @@ class LocalExecutor(Executor):
             self.queue = []
 
     def _start_pool(self, jobs: Sequence[Job]) -> None:
-        threads = max(1, (os.cpu_count() or 1) // self.settings.workers)
+        workers = self.settings.workers
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = get_context("spawn")
+        gpus = visible_gpus() if jobs[0].config.device in ("auto", "cuda") else []
+        queue = context.Queue() if gpus else None
+        for k in range(workers if gpus else 0):
+            queue.put(gpus[k % len(gpus)])
         self.pool = ProcessPoolExecutor(
-            max_workers=self.settings.workers,
-            mp_context=get_context("spawn"),
-            initializer=_limit_threads,
-            initargs=(threads,),
+            max_workers=workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(threads, queue),
         )
         for job in jobs:
             self.tries[job.id] += 1

@@ -22,6 +22,9 @@ first `until` sequence, and refuses sampling settings. Requests run one at a tim
 prefill it once.
 
 lm-eval's `--model_args` win over its other settings (its `--device` defaults to cuda:0).
+Under `accelerate launch` / torchrun the model reports its rank and world size, so lm-eval
+splits the requests between the processes (harness.lm_eval.distributed); a CUDA device is
+then each process's own GPU, cuda:LOCAL_RANK.
 From Python, `HarnessLM(model=<loaded LanguageModel>)` wraps a model already loaded, for
 `lm_eval.simple_evaluate(model=...)`. lm-eval only sees this model once this module is
 imported: `harness-lm-eval` (`harness.lm_eval.console`) does that for its command line.
@@ -41,6 +44,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
+from harness.lm_eval import distributed
 from harness.mitigations.base import Mitigation
 from harness.models.base import LanguageModel, State
 from harness.models.loading import load, pick_device, resolve
@@ -76,6 +80,8 @@ class HarnessLM(TemplateLM):
         """`model` is a reference to load, or a loaded LanguageModel used as it is (then
         `device`, `dtype` and `backend` are its own)."""
         super().__init__()
+        ranks = distributed.from_env()
+        self._rank, self._world_size = ranks.rank, ranks.world_size
         if not isinstance(chunk, int) or chunk < 1:
             raise ModelArgsError(f"chunk={chunk!r}: give a positive number of tokens")
         self.chunk = chunk
@@ -83,13 +89,14 @@ class HarnessLM(TemplateLM):
         if isinstance(model, LanguageModel):
             self.lm = model
         else:
-            self.lm = _load(str(model), self.mitigation, device, dtype, backend)
+            self.lm = _load(str(model), self.mitigation, device, dtype, backend, ranks)
         _check_applies(self.mitigation, self.lm.info.family, self.lm.info.name)
         self.lm.hooks = self.mitigation.hooks(self.lm)
         log.info(
             "%s with %s: %s", self.lm.info.name, self.mitigation.spec, self.mitigation.artifacts()
         )
         self._device = self.lm.device
+        distributed.join(ranks, str(self._device))
 
     @classmethod
     def create_from_arg_string(
@@ -104,6 +111,16 @@ class HarnessLM(TemplateLM):
         """`--model_args` win over lm-eval's own settings (its `--device` defaults to cuda:0)."""
         given = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls(**{**given, **arg_dict})
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_gather(tensor) if self.world_size > 1 else tensor
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        return distributed.gather_object(obj, dst) if self.world_size > 1 else [obj]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            distributed.barrier()
 
     @property
     def eot_token_id(self) -> int:
@@ -197,14 +214,19 @@ class HarnessLM(TemplateLM):
 
 
 def _load(
-    ref: str, mitigation: Mitigation, device: str | None, dtype: str, backend: str
+    ref: str,
+    mitigation: Mitigation,
+    device: str | None,
+    dtype: str,
+    backend: str,
+    ranks: distributed.Ranks,
 ) -> LanguageModel:
     """The model `ref`, once the arguments are known to fit (so a mistake costs no loading)."""
     if dtype not in DTYPES:
         raise ModelArgsError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
     source = resolve(ref)
     _check_applies(mitigation, source.family, source.name)
-    return load(source, _device(device), DTYPES[dtype], backend)
+    return load(source, distributed.device_for(_device(device), ranks), DTYPES[dtype], backend)
 
 
 def _device(device: str | None) -> str:

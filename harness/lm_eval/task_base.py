@@ -4,6 +4,12 @@ lm-eval takes a task's metric names from its YAML, but the harness tasks report 
 per length given at run time (`--metadata '{"max_seq_lengths": [...]}'`). A task YAML names
 its class with `class: !function <module>.<Class>`; the class adds those metrics with their
 aggregation and direction.
+
+Under data parallel (`accelerate launch`) each rank scores only its share of the documents,
+and lm-eval gathers every metric from every rank by name: a rank that saw no document of
+some length would have no `acc@<length>`. There every document reports every per-length
+metric, None where it does not apply, and their aggregations pass the Nones over (their
+standard errors are then not computed: lm-eval knows those only for its own functions).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lm_eval.api.task import ConfigurableTask
+
+from harness.lm_eval import distributed
 
 
 def per_length(metric: str, length: int) -> str:
@@ -26,6 +34,15 @@ class Metric:
     higher_is_better: bool
 
 
+def skipping_missing(aggregation: Callable[[list[Any]], float]) -> Callable[[list[Any]], float]:
+    """`aggregation` over the items that are not None."""
+
+    def aggregate(items: list[Any]) -> float:
+        return aggregation([item for item in items if item is not None])
+
+    return aggregate
+
+
 class MetadataTask(ConfigurableTask):
     """A ConfigurableTask built from its YAML, plus the metrics `metadata_metrics` names."""
 
@@ -37,8 +54,18 @@ class MetadataTask(ConfigurableTask):
         """The metrics that depend on the metadata, by name."""
         return {}
 
+    def process_results(self, doc: dict[str, Any], results: list[Any]) -> dict[str, Any]:
+        found = super().process_results(doc, results)
+        if distributed.from_env().parallel:
+            return {**dict.fromkeys(self._metadata_metrics), **found}
+        return found
+
     def aggregation(self) -> dict[str, Callable[[list[Any]], float]]:
-        extra = {name: m.aggregation for name, m in self._metadata_metrics.items()}
+        parallel = distributed.from_env().parallel
+        extra = {
+            name: skipping_missing(m.aggregation) if parallel else m.aggregation
+            for name, m in self._metadata_metrics.items()
+        }
         return {**super().aggregation(), **extra}
 
     def higher_is_better(self) -> dict[str, bool]:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A private one-machine Ray cluster with two fake GPUs, for tests and CI.
 #
-#   scripts/cluster/ray.sh start DIR   start a head; DIR/address holds its address (host:port)
-#   scripts/cluster/ray.sh stop DIR    stop exactly that cluster (its process group), clean DIR
+#   scripts/cluster/ray.sh start [DIR]  start a head; DIR/address holds its address (host:port)
+#   scripts/cluster/ray.sh stop [DIR]   stop exactly that cluster (its process group), clean DIR
 #
+# DIR defaults to $HARNESS_RAY_DIR, else /tmp/harness-ray (the tests use the cluster recorded
+# there, or start their own).
 # The head runs as `ray start --head --block` in a session of its own, so every Ray process
 # it starts (GCS, raylet, agents, workers) shares one process group, recorded in DIR/pgid;
 # stop kills that group only. A machine-wide `ray stop` would also kill other people's Ray.
@@ -13,11 +15,7 @@
 set -euo pipefail
 
 action=${1:-}
-dir=${2:-}
-if [[ -z "$action" || -z "$dir" ]]; then
-  echo "usage: $0 start|stop DIR" >&2
-  exit 2
-fi
+dir=${2:-${HARNESS_RAY_DIR:-/tmp/harness-ray}}
 python=${RAY_PYTHON:-python3}
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 
@@ -87,5 +85,5 @@ stop() {
 case "$action" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop [DIR]" >&2; exit 2 ;;
 esac
