@@ -4,6 +4,11 @@ stop, the out-of-memory retry, flag checks."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -184,3 +189,53 @@ def _none() -> list:
     from harness.plan import parse_mitigation
 
     return [parse_mitigation("none")]
+
+
+def test_killed_local_worker_is_replaced_and_nothing_is_lost(tmp_path: Path, table_rows) -> None:
+    """SIGKILL one of two worker processes mid-run: a fresh pool runs the unfinished jobs."""
+    args = ["--models", "tiny-mamba2,tiny-pythia", "--lengths", "300,400,500"]
+    args += ["--samples", "2", "--tasks", "passkey"]
+    assert main(["run", *args, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "two"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *args, "--workers", "2", "--out", str(out)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    killed = None
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        workers = [p for p in children(driver.pid) if b"spawn_main" in cmdline(p)]
+        if len(workers) == 2 and parts(out):
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.05)
+    log, _ = driver.communicate(timeout=600)
+    assert killed is not None, log
+    assert driver.returncode == 0, log
+    expected = table_rows(tmp_path / "one", "passkey")
+    pd.testing.assert_frame_equal(table_rows(out, "passkey"), expected)
+    assert not list(out.rglob("*.tmp"))
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: ppid
+            found.append(int(proc.name))
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
