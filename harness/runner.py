@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from itertools import groupby
 from pathlib import Path
@@ -131,6 +132,7 @@ def longest_prompt(params: dict[str, Any]) -> int:
     return max([*lengths, *params.get("recall_lengths", [])])
 
 
+@cache  # once per process: a worker runs job after job
 def git_commit() -> str | None:
     """The commit of the harness source tree, with -dirty when it has local changes."""
     try:
@@ -146,6 +148,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+@cache  # once per process: a worker runs job after job
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "harness": harness.__version__}
     for package in VERSIONED:
@@ -156,6 +159,7 @@ def versions() -> dict[str, str]:
     return found
 
 
+@cache  # once per process: a worker runs job after job
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
