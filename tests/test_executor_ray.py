@@ -189,3 +189,17 @@ def test_detach_returns_at_once_and_status_follows_the_run(
         raise AssertionError(f"the detached run did not finish: {list(out.rglob('*.log'))}")
     assert main(["status", "--out", str(out)]) == 0
     assert "1 units: 1 done, 0 skipped, 0 failed, 0 missing" in capsys.readouterr().out
+
+
+def test_a_relative_task_file_is_refused_for_remote_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ray")
+    (tmp_path / "book.txt").write_text("once upon a time " * 100)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    args = ["run", "--models", "tiny-mamba2", "--tasks", "perplexity", "--lengths", "300"]
+    args += ["--option", "perplexity.source=book.txt", "--executor", "ray", "--out", str(out)]
+    assert main(args) == 2
+    assert "perplexity.source=book.txt is a relative path" in capsys.readouterr().err
+    assert not out.exists()
