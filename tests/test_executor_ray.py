@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "cluster" / "ray.sh"
 PLAN = [
     "--models",
-    "tiny-mamba2,tiny-pythia,mamba2-bytes-512",
+    "tiny-mamba2,tiny-pythia,mamba2-bytes-320",
     "--tasks",
     "passkey,perplexity",
     "--lengths",
