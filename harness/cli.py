@@ -317,9 +317,9 @@ SLURM_FLAGS = ("slurm_partition", "slurm_time", "slurm_account", "slurm_flag")
 
 
 def executor_settings(args: argparse.Namespace) -> ExecutorSettings:
+    """The executor's settings from the run's flags, checked (UsageError: exit 2)."""
     from harness.executors.base import ExecutorSettings
 
-    """The executor's settings from the run's flags, checked (UsageError: exit 2)."""
     for flag, least in (("workers", 1), ("max_retries", 0), ("stop_after_fails", 1)):
         value = getattr(args, flag)
         if value is not None and value < least:
