@@ -13,10 +13,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from harness.models.tokenizer import TextCodec
 
 Progress = Callable[[int], None]  # told the number of tokens of each chunk as it goes in
 
@@ -176,3 +179,36 @@ class LanguageModel(ABC):
             if progress is not None:
                 progress(len(piece))
         return losses
+
+
+class RecurrentLM(LanguageModel):
+    """A recurrent module with `init_state(batch)` and `module(ids, state, last_only=...)`,
+    and its tokenizer: Mamba-1 and RWKV-6 as they are, Mamba-2 with its hooks (a subclass)."""
+
+    def __init__(self, module: torch.nn.Module, tokenizer: TextCodec, info: ModelInfo) -> None:
+        self.module = module
+        self.tokenizer = tokenizer
+        self.info = info
+        self.eos_token_id = tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def init_state(self, batch: int = 1) -> State:
+        return self.module.init_state(batch)
+
+    def call(self, ids: torch.Tensor, state: State, last_only: bool) -> tuple[torch.Tensor, State]:
+        """The module on ids (b, l): logits (b, l or 1, vocab) float32 and the new state."""
+        return self.module(ids, state, last_only=last_only)
+
+    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return self.call(ids, state, last_only=False)
+
+    def forward_last(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Only the last position's logits (b, vocab): at 130m, the logits of a 4096-token chunk
+        would be 800 MiB of float32."""
+        logits, state = self.call(ids, state, last_only=True)
+        return logits[:, -1], state

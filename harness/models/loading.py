@@ -304,24 +304,26 @@ def _load_mamba2(
 
 
 def _load_mamba1(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
-    from harness.models.mamba1 import Mamba1LM, load_mamba1
+    from harness.models.base import RecurrentLM
+    from harness.models.mamba1 import load_mamba1
     from harness.models.tokenizer import load_tokenizer
 
     folder = _checkpoint_folder(source)
     module = load_mamba1(folder, device=device, dtype=dtype)
     tokenizer = load_tokenizer(folder, source.spec.tokenizer if source.spec else NEOX_TOKENIZER)
     info = _info(source, module, dtype, device, "torch", module.config.state_size, "train_context")
-    return Mamba1LM(module, tokenizer, info)
+    return RecurrentLM(module, tokenizer, info)
 
 
 def _load_rwkv6(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
-    from harness.models.rwkv6 import Rwkv6LM, checkpoint_path, load_rwkv6, world_tokenizer
+    from harness.models.base import RecurrentLM
+    from harness.models.rwkv6 import checkpoint_path, load_rwkv6, world_tokenizer
 
     path = checkpoint_path(source.path or source.repo)
     module = load_rwkv6(_blinkdl_file(path) or path, device=device, dtype=dtype)
     tokenizer = world_tokenizer(path if path.is_dir() else path.parent)
     info = _info(source, module, dtype, device, "torch", module.config.state_size, "context_length")
-    return Rwkv6LM(module, tokenizer, info)
+    return RecurrentLM(module, tokenizer, info)
 
 
 def _load_transformer(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:

@@ -2,7 +2,6 @@
 
 from harness.models.mamba1.checkpoint import load_mamba1, save_pretrained
 from harness.models.mamba1.config import ConfigError, Mamba1Config
-from harness.models.mamba1.lm import Mamba1LM
 from harness.models.mamba1.model import Mamba1, Mamba1State, selective_scan
 from harness.models.mamba2.checkpoint import CheckpointError
 
@@ -11,7 +10,6 @@ __all__ = [
     "ConfigError",
     "Mamba1",
     "Mamba1Config",
-    "Mamba1LM",
     "Mamba1State",
     "load_mamba1",
     "save_pretrained",

@@ -7,14 +7,12 @@ from harness.models.rwkv6.checkpoint import (
     load_rwkv6,
     save_blinkdl,
 )
-from harness.models.rwkv6.lm import Rwkv6LM
 from harness.models.rwkv6.model import Rwkv6, Rwkv6Config, Rwkv6State, wkv
 from harness.models.rwkv6.tokenizer import WorldTokenizer, world_tokenizer
 
 __all__ = [
     "Rwkv6",
     "Rwkv6Config",
-    "Rwkv6LM",
     "Rwkv6State",
     "WorldTokenizer",
     "checkpoint_path",

@@ -20,6 +20,7 @@ class WorldTokenizer:
     eos_token_id = 0
 
     def __init__(self, vocab_file: Path) -> None:
+        self.vocab_file = vocab_file
         self.tokens: dict[int, bytes] = {}
         self.trie: dict[int, dict] = {}
         for line in vocab_file.read_text(encoding="utf-8").splitlines():
@@ -38,7 +39,8 @@ class WorldTokenizer:
     def __len__(self) -> int:
         return len(self.tokens) + 1  # and the end-of-text id 0
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text` (the World vocabulary adds no special tokens either way)."""
         data, ids, i = text.encode("utf-8"), [], 0
         while i < len(data):
             node, j, match = self.trie, i, None
@@ -53,8 +55,15 @@ class WorldTokenizer:
             ids.append(token)
         return ids
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return b"".join(self.tokens.get(i, b"") for i in ids).decode("utf-8", errors="replace")
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """The vocabulary file copied into the folder `path`, where `world_tokenizer` finds it."""
+        target = Path(path) / VOCAB_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.vocab_file.read_bytes())
+        return target
 
 
 def world_tokenizer(folder: Path | None) -> WorldTokenizer:
