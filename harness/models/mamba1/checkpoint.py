@@ -20,9 +20,13 @@ from safetensors.torch import save_file
 
 from harness.models.mamba1.config import ConfigError, Mamba1Config
 from harness.models.mamba1.model import Mamba1
-from harness.models.mamba2.checkpoint import CONFIG, SAFETENSORS, CheckpointError
-from harness.models.mamba2.checkpoint import _local_dir as local_dir
-from harness.models.mamba2.checkpoint import _read_weights as read_weights
+from harness.models.mamba2.checkpoint import (
+    CONFIG,
+    SAFETENSORS,
+    CheckpointError,
+    local_dir,
+    read_weights,
+)
 
 Format = Literal["state-spaces", "hf"]
 EMBEDDING_KEYS = {"state-spaces": "backbone.embedding.weight", "hf": "backbone.embeddings.weight"}

@@ -37,7 +37,7 @@ def load_mamba2(
 ) -> Mamba2:
     """A Mamba-2 from a local checkpoint directory or a hub id, in either format; dtype is that
     of its projections (Mamba2.set_projection_dtype), everything else is float32."""
-    directory = _local_dir(path_or_repo)
+    directory = local_dir(path_or_repo)
     config_file = directory / CONFIG
     if not config_file.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG}: not a checkpoint directory")
@@ -47,7 +47,7 @@ def load_mamba2(
     except (ConfigError, KeyError) as err:
         raise CheckpointError(f"{config_file}: {err}") from None
     fmt: Format = "hf" if raw.get("model_type") == "mamba2" else "state-spaces"
-    tensors = _module_names(_read_weights(directory), fmt)
+    tensors = _module_names(read_weights(directory), fmt)
     with torch.device("meta"):
         model = Mamba2(config)
     _check(tensors, model, directory)
@@ -77,7 +77,7 @@ def save_pretrained(model: Mamba2, directory: str | Path, format: Format = "stat
     return directory
 
 
-def _local_dir(path_or_repo: str | Path) -> Path:
+def local_dir(path_or_repo: str | Path) -> Path:
     """A local directory as is; otherwise a hub id, downloaded (config and weights only)."""
     path = Path(path_or_repo).expanduser()
     if path.exists():
@@ -96,7 +96,7 @@ def _local_dir(path_or_repo: str | Path) -> Path:
         ) from None
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of model*.safetensors, else of pytorch_model.bin."""
     shards = sorted(directory.glob("model*.safetensors"))
     if shards:

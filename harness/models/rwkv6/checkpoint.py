@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from harness.models.mamba2.checkpoint import CheckpointError
-from harness.models.mamba2.checkpoint import _read_weights as read_weights
+from harness.models.mamba2.checkpoint import CheckpointError, read_weights
 from harness.models.rwkv6.model import MIX, Rwkv6, Rwkv6Config
 
 HF_NAMES = [  # Hugging Face conversion -> BlinkDL, applied in order
