@@ -14,26 +14,41 @@ which other load on a shared machine disturbs far less than wall time; --threads
 (the default) keeps it close to the work done. "in hooks" is the CPU time spent inside the
 mitigation's own hook functions in that round (for window: both of its scans), a figure that
 other load hardly moves: the cheap mitigations' overhead is read there.
-Targets: rri, dt-scale, a-scale <= 1.05x; state-norm (k=128) <= 1.5x; window <= 2x.
+Targets: rri, dt-scale, a-scale <= 1.05x; state-norm (k=128) <= 1.5x; window <= 2x;
+longmamba <= 1.1x; a per-layer scale file (what `harness calibrate` writes) <= 1.05x.
+
+`--oprm` also times oprm's chunked prefill of one prompt against reading it whole, per chunk
+count (each chunk is [prefix, chunk, question] prefilled on its own), and `--calibrate N` the
+CPU time of N zeroth-order calibration steps at --length, per step and per layer factor.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness.mitigations import parse_mitigation
-from harness.models.base import ModelInfo
+from harness.models.base import ModelInfo, PromptParts
 from harness.models.mamba2 import Hooks, Mamba2, Mamba2Config, Mamba2LM
 from harness.models.tokenizer import byte_tokenizer
 
-SPECS = ("none", "rri", "dt-scale", "a-scale", "state-norm:k=128", "window")
-TARGETS = {"rri": 1.05, "dt-scale": 1.05, "a-scale": 1.05, "state-norm": 1.5, "window": 2.0}
+SPECS = ("none", "rri", "dt-scale", "a-scale", "state-norm:k=128", "window", "longmamba")
+TARGETS = {
+    "rri": 1.05,
+    "dt-scale": 1.05,
+    "a-scale": 1.05,
+    "state-norm": 1.5,
+    "window": 2.0,
+    "longmamba": 1.1,
+}
 NEOX_VOCAB = 50277
 
 
@@ -100,12 +115,19 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--window", type=int, default=2048, help="r (keep it below --length)")
+    parser.add_argument("--oprm", action="store_true", help="also time oprm per chunk count")
+    parser.add_argument("--calibrate", type=int, default=0, help="also time N calibration steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model = build(args)
     ids = torch.randint(0, NEOX_VOCAB, (1, args.length), generator=torch.Generator().manual_seed(0))
+    scale_file = Path(tempfile.mkdtemp()) / "scales.json"  # as `harness calibrate` writes it
+    scale_file.write_text(
+        json.dumps({"scales": [0.5 + i / args.n_layer for i in range(args.n_layer)]})
+    )
     specs = [f"window:r={args.window}" if spec == "window" else spec for spec in SPECS]
+    specs.append(f"dt-scale:file={scale_file}")
     hooks = {}
     for spec in specs:  # calibration (state-norm) happens here, outside the timing
         hooks[spec] = parse_mitigation(spec).hooks(model)
@@ -128,7 +150,48 @@ def main() -> None:
         ratio = total / base
         target = TARGETS.get(spec.split(":")[0])
         mark = "" if target is None else f"{target:>7.2f}x" + (" ok" if ratio <= target else " !")
-        print(f"{spec:<20}{total:>8.2f}{ratio:>7.3f}x{in_hooks:>9.3f}s{mark}")
+        name = "dt-scale:file" if "file=" in spec else spec
+        print(f"{name:<20}{total:>8.2f}{ratio:>7.3f}x{in_hooks:>9.3f}s{mark}")
+    if args.oprm:
+        oprm_costs(model, args)
+    if args.calibrate:
+        calibration_cost(model, ids, args)
+
+
+@torch.inference_mode()
+def oprm_costs(model: Mamba2LM, args: argparse.Namespace) -> None:
+    """CPU time of oprm's chunked prefill of one --length prompt, per chunk count, against
+    reading the whole prompt once."""
+    text = "".join(chr(ord("a") + i % 26) for i in range(args.length - 40))
+    parts = PromptParts("Find it.\n", text, "\nIt is")
+    start = time.process_time()
+    model.prefill_prompt(parts)
+    whole = time.process_time() - start
+    print(f"\noprm, one {args.length}-token prompt: read whole {whole:.2f} s CPU")
+    for chunks in (1, 2, 4, 8):
+        model.strategy = parse_mitigation(f"oprm:chunk={-(-len(text) // chunks)}").strategy()
+        start = time.process_time()
+        model.prefill_prompt(parts)
+        spent = time.process_time() - start
+        print(f"  {chunks} chunks: {spent:.2f} s ({spent / whole:.2f}x)")
+    model.strategy = None
+
+
+def calibration_cost(model: Mamba2LM, ids: torch.Tensor, args: argparse.Namespace) -> None:
+    """CPU time of --calibrate zeroth-order steps of dt-scale at --length."""
+    from harness.calibrate import CalibrationConfig, calibrate
+
+    config = CalibrationConfig(
+        model="bench", mitigation="dt-scale", length=args.length, data="-", steps=args.calibrate
+    )
+    kind = parse_mitigation("dt-scale:s=1")
+    start = time.process_time()
+    calibrate(model, kind, [ids[0]], config)  # type: ignore[arg-type]
+    spent = time.process_time() - start
+    per_step = spent / args.calibrate
+    factor = per_step / args.n_layer
+    print(f"\ncalibrate (zo) at {args.length} tokens: {spent:.1f} s CPU, {args.calibrate} steps")
+    print(f"  {per_step:.1f} s a step, {factor:.2f} s a step per layer factor")
 
 
 if __name__ == "__main__":
