@@ -24,7 +24,7 @@ from harness.models.mamba2.checkpoint import (
     CONFIG,
     SAFETENSORS,
     CheckpointError,
-    local_dir,
+    read_config,
     read_weights,
 )
 
@@ -36,15 +36,11 @@ def load_mamba1(
     path_or_repo: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Mamba1:
     """A Mamba-1 from a local checkpoint directory or a hub id, in either format."""
-    directory = local_dir(path_or_repo)
-    config_file = directory / CONFIG
-    if not config_file.is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG}: not a checkpoint directory")
-    raw = json.loads(config_file.read_text())
+    directory, raw = read_config(path_or_repo)
     try:
         config = Mamba1Config.from_dict(raw)
     except (ConfigError, KeyError) as err:
-        raise CheckpointError(f"{config_file}: {err}") from None
+        raise CheckpointError(f"{directory / CONFIG}: {err}") from None
     embedding = EMBEDDING_KEYS["hf" if raw.get("model_type") == "mamba" else "state-spaces"]
     tensors = {
         ("embedding.weight" if key == embedding else key.removeprefix("backbone.")): tensor

@@ -37,15 +37,11 @@ def load_mamba2(
 ) -> Mamba2:
     """A Mamba-2 from a local checkpoint directory or a hub id, in either format; dtype is that
     of its projections (Mamba2.set_projection_dtype), everything else is float32."""
-    directory = local_dir(path_or_repo)
-    config_file = directory / CONFIG
-    if not config_file.is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG}: not a checkpoint directory")
-    raw = json.loads(config_file.read_text())
+    directory, raw = read_config(path_or_repo)
     try:
         config = Mamba2Config.from_dict(raw)
     except (ConfigError, KeyError) as err:
-        raise CheckpointError(f"{config_file}: {err}") from None
+        raise CheckpointError(f"{directory / CONFIG}: {err}") from None
     fmt: Format = "hf" if raw.get("model_type") == "mamba2" else "state-spaces"
     tensors = _module_names(read_weights(directory), fmt)
     with torch.device("meta"):
@@ -75,6 +71,15 @@ def save_pretrained(model: Mamba2, directory: str | Path, format: Format = "stat
     as_dict = config.to_transformers() if format == "hf" else config.to_state_spaces()
     (directory / CONFIG).write_text(json.dumps(as_dict, indent=2) + "\n")
     return directory
+
+
+def read_config(path_or_repo: str | Path) -> tuple[Path, dict]:
+    """The checkpoint folder (downloaded for a hub id) and its config.json."""
+    directory = local_dir(path_or_repo)
+    config_file = directory / CONFIG
+    if not config_file.is_file():
+        raise CheckpointError(f"{directory} has no {CONFIG}: not a checkpoint directory")
+    return directory, json.loads(config_file.read_text())
 
 
 def local_dir(path_or_repo: str | Path) -> Path:
