@@ -89,14 +89,19 @@ def local_dir(path_or_repo: str | Path) -> Path:
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; give the checkpoint directory")
         return path
+    return hub_snapshot(str(path_or_repo), HUB_PATTERNS)
+
+
+def hub_snapshot(repo: str, patterns: list[str]) -> Path:
+    """The local folder of a hub model's files matching `patterns`, downloaded if needed."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(str(path_or_repo), allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         raise CheckpointError(
-            f"{path_or_repo!r} is neither a local directory nor a downloadable hub model "
+            f"{repo!r} is neither a local directory nor a downloadable hub model "
             f"({type(err).__name__}: {err}); offline (HF_HUB_OFFLINE=1), only cached models load"
         ) from None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from harness.models.mamba2.checkpoint import CheckpointError, read_weights
+from harness.models.mamba2.checkpoint import CheckpointError, hub_snapshot, read_weights
 from harness.models.rwkv6.model import MIX, Rwkv6, Rwkv6Config
 
 HF_NAMES = [  # Hugging Face conversion -> BlinkDL, applied in order
@@ -41,16 +41,7 @@ def checkpoint_path(path_or_repo: str | Path) -> Path:
     path = Path(path_or_repo).expanduser()
     if path.exists():
         return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(path_or_repo), allow_patterns=HUB_PATTERNS))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path_or_repo!r} is neither a local checkpoint nor a downloadable hub model "
-            f"({type(err).__name__}: {err}); offline (HF_HUB_OFFLINE=1), only cached models load"
-        ) from None
+    return hub_snapshot(str(path_or_repo), HUB_PATTERNS)
 
 
 def load_rwkv6(
