@@ -8,6 +8,7 @@ environment (MASTER_ADDR, MASTER_PORT) when the launcher has not done it already
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,10 +46,19 @@ def device_for(device: str, ranks: Ranks) -> str:
 
 
 def join(ranks: Ranks, device: str) -> None:
-    """Join the process group of the launch (once per process)."""
+    """Join the process group of the launch (once per process); leave it at exit."""
     if ranks.parallel and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+        atexit.register(leave)
+
+
+def leave() -> None:
+    """Wait for every rank, then close the group: a rank that exits while its peers still
+    hold connections to it makes Gloo abort them (SIGABRT) instead of letting them finish."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
