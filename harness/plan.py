@@ -36,6 +36,7 @@ SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
 MAX_LENGTH = 2**24
 MAX_SAMPLES = 100_000  # per length: the plan lists every unit before it starts
 NAME_MAX = 255  # bytes in one file or folder name on Linux and macOS file systems
+LM_EVAL = "lm-eval:"  # --tasks lm-eval:<task or group>: lm-eval's tasks as units
 
 
 class UsageError(ValueError):
@@ -140,16 +141,23 @@ def parse_task_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def parse_tasks(text: str, options: TaskOptions) -> list[Task]:
+    """Harness tasks by name, and lm-eval's as `lm-eval:<task or group>` (tasks.lm_eval_task)."""
     names = list(dict.fromkeys(parse_list(text, "tasks")))
-    for name in [*names, *options.extra]:
+    own = [name for name in names if not name.startswith(LM_EVAL)]
+    for name in [*own, *options.extra]:
         if name not in TASKS:
-            raise _unknown("task", name, TASKS.names())
+            raise _unknown("task", name, [*TASKS.names(), f"{LM_EVAL}<task or group>"])
     for name in options.extra:
         if name not in names:
             raise UsageError(f"--option for task {name!r}, which is not in --tasks")
     try:
-        return [TASKS.get(name)(options) for name in names]
-    except ValueError as err:  # RegistryError, or a setting's (harness.settings)
+        tasks = [TASKS.get(name)(options) for name in own]
+        if len(own) < len(names):
+            from tasks import lm_eval_task
+
+            tasks += lm_eval_task.parse([n for n in names if n not in own], options)
+        return tasks
+    except ValueError as err:  # RegistryError, a setting's (harness.settings), lm-eval's names
         raise UsageError(str(err)) from None
 
 

@@ -69,7 +69,7 @@ class HarnessLM(TemplateLM):
     def __init__(
         self,
         model: str | LanguageModel,
-        mitigation: str = "none",
+        mitigation: str | None = "none",
         device: str | None = None,
         dtype: str = "float32",
         backend: str = "auto",
@@ -78,25 +78,40 @@ class HarnessLM(TemplateLM):
         max_batch_size: int | None = None,
     ) -> None:
         """`model` is a reference to load, or a loaded LanguageModel used as it is (then
-        `device`, `dtype` and `backend` are its own)."""
+        `device`, `dtype` and `backend` are its own). `mitigation` None keeps the hooks a
+        loaded model already has (`harness run` installed the unit's mitigation)."""
         super().__init__()
         ranks = distributed.from_env()
         self._rank, self._world_size = ranks.rank, ranks.world_size
         if not isinstance(chunk, int) or chunk < 1:
             raise ModelArgsError(f"chunk={chunk!r}: give a positive number of tokens")
         self.chunk = chunk
-        self.mitigation = parse_mitigation(str(mitigation))
+        if mitigation is None:
+            if not isinstance(model, LanguageModel):
+                raise ModelArgsError("mitigation=None keeps a loaded model's hooks: pass a model")
+            self.lm = model
+        else:
+            self._install(model, parse_mitigation(str(mitigation)), device, dtype, backend, ranks)
+        self._device = self.lm.device
+        distributed.join(ranks, str(self._device))
+
+    def _install(
+        self,
+        model: str | LanguageModel,
+        mitigation: Mitigation,
+        device: str | None,
+        dtype: str,
+        backend: str,
+        ranks: distributed.Ranks,
+    ) -> None:
+        """The model, loaded unless given, with the mitigation's hooks installed."""
         if isinstance(model, LanguageModel):
             self.lm = model
         else:
-            self.lm = _load(str(model), self.mitigation, device, dtype, backend, ranks)
-        _check_applies(self.mitigation, self.lm.info.family, self.lm.info.name)
-        self.lm.hooks = self.mitigation.hooks(self.lm)
-        log.info(
-            "%s with %s: %s", self.lm.info.name, self.mitigation.spec, self.mitigation.artifacts()
-        )
-        self._device = self.lm.device
-        distributed.join(ranks, str(self._device))
+            self.lm = _load(str(model), mitigation, device, dtype, backend, ranks)
+        _check_applies(mitigation, self.lm.info.family, self.lm.info.name)
+        self.lm.hooks = mitigation.hooks(self.lm)
+        log.info("%s with %s: %s", self.lm.info.name, mitigation.spec, mitigation.artifacts())
 
     @classmethod
     def create_from_arg_string(

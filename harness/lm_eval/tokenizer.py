@@ -15,16 +15,21 @@ Texts are encoded without special tokens, as the harness models encode them.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from harness.identity import cache_file
 from harness.models.catalog import NEOX_TOKENIZER
 from harness.models.loading import resolve
 from harness.models.tiny import TINY_MODELS
-from harness.models.tokenizer import byte_tokenizer, load_tokenizer
+from harness.models.tokenizer import TextCodec, byte_tokenizer, load_tokenizer
 
 
 class TokenizerNotGiven(ValueError):
@@ -64,3 +69,22 @@ def harness_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     if source.family != "transformer":  # state-spaces checkpoints ship no tokenizer
         return load_tokenizer(source.path, NEOX_TOKENIZER)
     return hub_tokenizer(str(source.path or source.repo))
+
+
+def saved_folder(tokenizer: TextCodec) -> Path:
+    """A folder `AutoTokenizer.from_pretrained` reads `tokenizer` from: lm-eval's RULER tasks
+    take their tokenizer by name only. Saved once in the harness cache, named by a hash of its
+    files, so one tokenizer always has one name (lm-eval caches tokenizers by name)."""
+    base = cache_file().parent / "tokenizers"
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+    tokenizer.save_pretrained(tmp)
+    digest = hashlib.sha256()
+    for path in sorted(tmp.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    folder = base / digest.hexdigest()[:16]
+    try:
+        tmp.rename(folder)
+    except OSError:  # saved before (by this or another process): the same files
+        shutil.rmtree(tmp)
+    return folder
