@@ -94,7 +94,8 @@ class LmEvalTask(Task):
         if metric is None:
             return f"{len(rows)} docs"
         values = [dict(r["metrics"])[metric] for r in rows]
-        return f"{metric} {sum(values) / len(values):.2f} ({len(rows)} docs)"
+        named = "" if metric == str(rows[0]["length"]) else f"{metric} "
+        return f"{named}{sum(values) / len(values):.2f} ({len(rows)} docs)"
 
 
 def main_metric(metrics: Any, length: int | None) -> str | None:

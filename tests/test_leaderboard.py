@@ -720,3 +720,44 @@ def test_csv_counts_are_integers_and_blank_when_unknown(results: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(to_csv(board))))
     assert {r["state_size"] for r in rows} == {"4718592", ""}
     assert {r["n_8K"] for r in rows} == {"10", ""}
+
+
+def lm_eval_unit(
+    root: Path, mitigation: str, task: str, length: int | None, scores: list[float]
+) -> Path:
+    """Documents as tasks.lm_eval_task writes them: RULER-style tasks log -1 for the lengths
+    a document is not of (here 4096), tasks without lengths log acc."""
+    from tasks.lm_eval_task import LmEvalTask
+
+    params = {"length": length, "limit": None, "seed": 0, "task": task}
+    rows = [
+        {
+            "lm_eval_task": task,
+            "doc_id": i,
+            "length": length,
+            "targets": ["1234567"],
+            "output": " 1234567" if score else " no",
+            "metrics": {"4096": -1.0, str(length): score} if length else {"acc": score},
+        }
+        for i, score in enumerate(scores)
+    ]
+    return write_unit(root, "lm_eval", LmEvalTask.schema, "mamba2-130m", mitigation, params, rows)
+
+
+def test_lm_eval_columns_and_figure_beside_passkey(results: Path, tmp_path: Path) -> None:
+    lm_eval_unit(results, "none", "niah_single_1", 1024, [1.0, 1.0, 0.0, 1.0])
+    lm_eval_unit(results, "none", "niah_single_1", 2048, [0.0, 1.0, 0.0, 0.0])
+    lm_eval_unit(results, RRI, "niah_single_1", 1024, [1.0, 0.5])
+    lm_eval_unit(results, "none", "arc_easy", None, [1.0, 0.0, 0.0])
+    board = build(results, Options())
+    none, rri = row(board.main, "mamba2-130m", "none"), row(board.main, "mamba2-130m", RRI)
+    assert (none["lm_niah_single_1@1K"], none["lmn_niah_single_1@1K"]) == (0.75, 4)
+    assert none["lm_niah_single_1@2K"] == 0.25  # RULER's -1 placeholders are not averaged
+    assert (rri["lm_niah_single_1@1K"], rri["lmn_niah_single_1@1K"]) == (0.75, 2)
+    assert math.isnan(rri["lm_niah_single_1@2K"])
+    assert none["lm_arc_easy"] == pytest.approx(1 / 3)
+    assert none["acc_1K"] == 1.0  # passkey beside them
+    assert [p.name for p in board.overview] == ["passkey-by-length", "lm-eval-niah_single_1"]
+    markdown = to_markdown(board)
+    assert "| lm-eval arc_easy | lm-eval niah_single_1 1K | lm-eval niah_single_1 2K |" in markdown
+    assert "0.75 (4)" in markdown and "0.25 (4)" in markdown

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.leaderboard import figures, tables
+from harness.leaderboard import figures, lm_eval, tables
 from harness.leaderboard.columns import (
     CELLS,
     FACTS,
     FIT_COLUMNS,
+    LM_EVAL,
     MODEL,
     PASSKEY,
     PERPLEXITY,
@@ -102,7 +103,19 @@ def sections(
     lengths = [STATE_CAPACITY.collapse_length, STATE_CAPACITY.recall_length]
     if capacity is not None and any(c in capacity.columns for c in lengths):
         found.append(tables.capacity_columns(capacity))
+    scores = lm_eval_scores(resolved, warnings)
+    if scores is not None:
+        found.append(lm_eval.columns(scores))
     return found
+
+
+def lm_eval_scores(resolved: dict[str, pd.DataFrame], warnings: list[str]) -> pd.DataFrame | None:
+    """Per (model, mitigation, lm-eval task, length): the score over its documents."""
+    needed = [LM_EVAL.task, LM_EVAL.length, LM_EVAL.metrics]
+    rows = resolved.get(LM_EVAL.table)
+    if not usable(rows, LM_EVAL.table, needed, warnings) or rows is None or not len(rows):
+        return None
+    return lm_eval.scores(rows)
 
 
 def usable(frame: pd.DataFrame | None, table: str, needed: list[str], warnings: list[str]) -> bool:
@@ -137,10 +150,12 @@ def overview_plots(
     resolved: dict[str, pd.DataFrame], contexts: pd.Series, warnings: list[str]
 ) -> list[Plot]:
     """Passkey accuracy and key log-probability of every model against length over its
-    training length, when the passkey table has results."""
+    training length, when the passkey table has results; each lm-eval task's score by length."""
+    scores = lm_eval_scores(resolved, [])
+    by_task = lm_eval.figures(scores) if scores is not None else []
     passkey = resolved.get(PASSKEY.table)
     if passkey is None or not len(passkey) or PASSKEY.correct not in passkey.columns:
-        return []
+        return by_task
     points = tables.cliff_points(passkey, contexts)
     left_out = sorted(set(passkey[MODEL]) - set(points[MODEL]))
     if left_out:
@@ -150,8 +165,8 @@ def overview_plots(
             + " (training length unknown)"
         )
     if not len(points):
-        return []
-    return [figures.length_cliff(points, tables.chance_logprob(passkey))]
+        return by_task
+    return [figures.length_cliff(points, tables.chance_logprob(passkey)), *by_task]
 
 
 def model_plots(model: str, resolved: dict[str, pd.DataFrame], contexts: pd.Series) -> list[Plot]:

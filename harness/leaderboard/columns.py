@@ -87,10 +87,19 @@ class StateCapacity:
     recall_length: str = "recall_length"
 
 
+@dataclass(frozen=True)
+class LmEval:
+    table: str = "lm_eval"  # tasks.lm_eval_task: one row per scored document
+    task: str = "lm_eval_task"  # lm-eval's task name
+    length: str = "length"  # max_seq_lengths of the unit; null for tasks without lengths
+    metrics: str = "metrics"  # the document's numeric metrics (a map: name -> value)
+
+
 PASSKEY = Passkey()
 PERPLEXITY = Perplexity()
 STATE_STATS = StateStats()
 STATE_CAPACITY = StateCapacity()
+LM_EVAL = LmEval()
 
 # One cell per table, beside (model, mitigation): one unit's worth of rows (a passkey length, a
 # perplexity or state-stats prompt). Rows of one cell must share SETTINGS (see conflicts.py).
@@ -100,4 +109,5 @@ CELLS: dict[str, tuple[str, ...]] = {
     PERPLEXITY.table: (PERPLEXITY.source, PERPLEXITY.length),
     STATE_STATS.table: (STATE_STATS.source, STATE_STATS.length),
     STATE_CAPACITY.table: (STATE_CAPACITY.kind,),
+    LM_EVAL.table: (LM_EVAL.task, LM_EVAL.length),
 }

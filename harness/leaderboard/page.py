@@ -17,6 +17,7 @@ import pandas as pd
 from harness.leaderboard.build import Leaderboard
 from harness.leaderboard.columns import FIT_COLUMNS, MITIGATION, MODEL
 from harness.leaderboard.figures import Plot
+from harness.leaderboard.lm_eval import SCORE
 from harness.leaderboard.render import (
     CLIFF_TITLE,
     FAILURE_COLUMNS,
@@ -129,7 +130,7 @@ def shade(row: pd.Series, column: str, chance: float) -> str:
     value = row[column]
     if missing(value):
         return ""
-    if column.startswith(ACC):
+    if column.startswith(ACC) or (column.startswith(SCORE) and 0.0 <= float(value) <= 1.0):
         return f' style="background: hsl({120 * float(value):.0f}, 65%, 85%)"'
     if column.startswith(LOGP) and math.isfinite(chance) and chance < 0:
         distance = max(-1.0, min(1.0, (float(value) - chance) / -chance))

@@ -30,6 +30,7 @@ from harness.leaderboard.columns import (
     TRAIN_CONTEXT,
 )
 from harness.leaderboard.figures import Plot
+from harness.leaderboard.lm_eval import DOCS, SCORE
 from harness.leaderboard.tables import (
     ACC,
     EFFECTIVE,
@@ -90,6 +91,10 @@ def definitions(board: Leaderboard) -> list[str]:
         "ppl mx: perplexity (token-weighted over documents) of the position bucket holding "
         "token m x the training length, from the longest unit of each source (named in the "
         "column when there are several); ppl docs: the documents behind those numbers.",
+        "lm-eval T L: the mean over the documents of lm-eval task T at L tokens of the metric "
+        "named by the length (lm-eval's RULER convention), or of acc, else the first numeric "
+        "metric, for tasks without lengths (lm-eval's own aggregate wherever it is a mean); "
+        "the documents in brackets. One figure per task draws it against length.",
         "Rows with status other than ok are left out of every number and figure; they are "
         "counted in failed units and listed under Failed units.",
         "Settings (dtype, seed, unit parameters) are never mixed within one cell (model, "
@@ -105,6 +110,8 @@ def header(column: str) -> str:
         return f"passkey {column[len(ACC) :]}"
     if column.startswith(LOGP):
         return f"log p {column[len(LOGP) :]}"
+    if column.startswith(SCORE):
+        return f"lm-eval {column[len(SCORE) :].replace('@', ' ')}"
     return HEADERS.get(column, column.replace("_", " "))
 
 
@@ -121,7 +128,9 @@ def shown_columns(main: pd.DataFrame) -> list[str]:
     return [
         c
         for c in main.columns
-        if c not in hidden and not (c.startswith(N) and ACC + c[len(N) :] in main)
+        if c not in hidden
+        and not (c.startswith(N) and ACC + c[len(N) :] in main)
+        and not (c.startswith(DOCS) and SCORE + c[len(DOCS) :] in main)
     ]
 
 
@@ -169,6 +178,9 @@ def cell_text(row: pd.Series, column: str) -> str:
         return f"{value:.2f}" if missing(samples) else f"{value * samples:.0f}/{samples:.0f}"
     if column.startswith(LOGP):
         return f"{value:.1f}"
+    if column.startswith(SCORE):
+        docs = row.get(DOCS + column[len(SCORE) :])
+        return f"{value:.2f}" if missing(docs) else f"{value:.2f} ({docs:.0f})"
     if column in TOKEN_COLUMNS:
         return token_label(float(value))
     if column in COUNT_COLUMNS:
@@ -224,7 +236,7 @@ def to_csv(board: Leaderboard) -> str:
     unknown, not 32768.0), text cells safe from spreadsheet formulas."""
     main = board.main.copy()
     for column in main.columns:
-        if column in TOKEN_COLUMNS | COUNT_COLUMNS | {PASSKEY_N} or column.startswith(N):
+        if column in TOKEN_COLUMNS | COUNT_COLUMNS | {PASSKEY_N} or column.startswith((N, DOCS)):
             main[column] = main[column].astype("Int64")
         elif not pd.api.types.is_numeric_dtype(main[column]):
             main[column] = main[column].map(csv_safe)
