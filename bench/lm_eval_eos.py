@@ -3,7 +3,7 @@
     python bench/lm_eval_eos.py MODEL [MODEL ...] [--lengths 256,1024,4096] [--source sonnets]
 
 lm-eval's `loglikelihood_rolling` puts the end-of-text token before a document and scores
-all n tokens (`harness_perplexity`'s `loss@<n>`); `harness run --tasks perplexity` puts
+all n tokens (`harness_perplexity`'s `<n>`); `harness run --tasks perplexity` puts
 nothing before it and scores positions 1 to n - 1. For each model and length this prints
 both mean losses per token (nats), the first token's loss after end-of-text, and positions
 1 to n - 1 after end-of-text (the effect of the prefix on the rest of the document).
@@ -30,7 +30,9 @@ def main() -> None:
     args = parser.parse_args()
 
     source = source_from(asdict(replace(Perplexity.Settings(), source=args.source)))
-    print("| model | n | harness run | lm-eval loss@n | first token after EOS | 1..n-1 after EOS |")
+    print(
+        "| model | n | harness run | lm-eval n (loss) | first token after EOS | 1..n-1 after EOS |"
+    )
     print("|---|---|---|---|---|---|")
     for ref in args.models:
         lm = load(resolve(ref), "cpu", torch.float32, "auto")

@@ -63,7 +63,7 @@ def rank_main(rank: int, world_size: int, port: int, out: str) -> None:
     found = {"rank": model.rank, "world_size": model.world_size, "seen": model.seen}
     if results is not None:
         metrics = results["results"]["harness_passkey"]
-        found["acc"] = [metrics[f"{name},none"] for name in ("acc", "acc@512", "acc@600")]
+        found["acc"] = [metrics[f"{name},none"] for name in ("acc", "512", "600")]
         found["docs"] = sorted(
             (s["doc"]["length"], s["doc"]["sample"]) for s in results["samples"]["harness_passkey"]
         )
@@ -100,5 +100,5 @@ def test_two_ranks_split_the_requests_and_gather_on_rank_0(tmp_path: Path) -> No
     assert [(r["rank"], r["world_size"], r["seen"]) for r in ranks] == [(0, 2, 2), (1, 2, 2)]
     assert "acc" not in ranks[1]  # only rank 0 reports
     metrics = alone["results"]["harness_passkey"]
-    assert ranks[0]["acc"] == [metrics[f"{name},none"] for name in ("acc", "acc@512", "acc@600")]
+    assert ranks[0]["acc"] == [metrics[f"{name},none"] for name in ("acc", "512", "600")]
     assert ranks[0]["docs"] == [[n, s] for n in (512, 600) for s in range(2)]

@@ -86,6 +86,7 @@ class HarnessLM(TemplateLM):
         if not isinstance(chunk, int) or chunk < 1:
             raise ModelArgsError(f"chunk={chunk!r}: give a positive number of tokens")
         self.chunk = chunk
+        self.mitigation: Mitigation | None = None  # None: the loaded model's hooks, kept
         if mitigation is None:
             if not isinstance(model, LanguageModel):
                 raise ModelArgsError("mitigation=None keeps a loaded model's hooks: pass a model")
@@ -105,6 +106,7 @@ class HarnessLM(TemplateLM):
         ranks: distributed.Ranks,
     ) -> None:
         """The model, loaded unless given, with the mitigation's hooks installed."""
+        self.mitigation = mitigation
         if isinstance(model, LanguageModel):
             self.lm = model
         else:

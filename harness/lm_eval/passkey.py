@@ -14,7 +14,8 @@ Settings, from `--metadata` (JSON):
 - `samples`: prompts per length, per depth when depths are given (default 10);
 - `seed`: the key generator's seed (default 0).
 
-Metrics: `acc` over all prompts, and `acc@<length>` over the prompts of each length (lm-eval
+Metrics: `acc` over all prompts, and the accuracy over the prompts of each length named by
+the length (`4096`, lm-eval's RULER convention: one metric per length) (lm-eval
 warns that they were scored on different numbers of documents: that is the point). The
 documents go round the lengths (one prompt of each length, then the next), so `--limit n`
 keeps every length.
@@ -35,7 +36,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.metrics import mean
 
 from harness.lm_eval import metadata as meta
-from harness.lm_eval.task_base import MetadataTask, Metric, per_length
+from harness.lm_eval.task_base import MetadataTask, Metric, by_length
 from harness.lm_eval.tokenizer import tokenizer_from_metadata
 from harness.models.tokenizer import Encode, encoder
 from tasks.passkey import DEFAULT_SAMPLES, EXTRA_NEW_TOKENS, Sample, build_prompt, samples_at
@@ -89,13 +90,13 @@ def document(encode: Encode, sample: Sample) -> dict[str, Any]:
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     correct = float(doc["key"] in results[0])
-    return {"acc": correct, per_length("acc", doc["length"]): correct}
+    return {"acc": correct, by_length(doc["length"]): correct}
 
 
 class PasskeyTask(MetadataTask):
     def metadata_metrics(self, metadata: Mapping[str, Any]) -> dict[str, Metric]:
         lengths = PasskeySettings.from_metadata(metadata).lengths
-        return {per_length("acc", n): Metric(mean, higher_is_better=True) for n in lengths}
+        return {by_length(n): Metric(mean, higher_is_better=True) for n in lengths}
 
     def construct_requests(self, doc: dict[str, Any], ctx: str, **kwargs: Any) -> Instance:
         """The YAML's generation settings, with the budget of `harness run` for this key."""

@@ -6,11 +6,12 @@ reports, for documents of each length (settings and source: `harness.lm_eval.cor
 documents of `harness run --tasks perplexity`):
 - `word_perplexity@<n>`, `byte_perplexity@<n>`, `bits_per_byte@<n>`: lm-eval's weighted
   perplexities over the documents of length n, and the same names without `@<n>` over all;
-- `loss@<n>`: mean loss per token (nats) of a document of length n, in the tokens its
-  length is counted in (the evaluated model's), and `loss` over all documents.
+- `<n>` (the length itself, lm-eval's RULER convention: one metric per length): mean loss
+  per token (nats) of a document of length n, in the tokens its length is counted in (the
+  evaluated model's), and `loss` over all documents.
 
 Unlike `harness run`, lm-eval puts the end-of-text token before each document and scores all
-n tokens (`harness run` scores positions 1 to n - 1 with nothing before them): `loss@<n>` is
+n tokens (`harness run` scores positions 1 to n - 1 with nothing before them): `<n>` is
 higher by the first token's loss / n, plus whatever the prefix changes for the rest, little
 for the bundled Mamba-2 models, much for the tiny transformer, which never saw end-of-text
 before a window in training (README.md, lm-eval; measured by bench/lm_eval_eos.py).
@@ -25,7 +26,7 @@ refused, a missing one warned about): beyond it `hf` scores in rolling windows (
 still scored once, with a shorter context), which measures windowed attention, not the
 model's long context. The `harness` backend streams the whole document through the model.
 lm-eval warns that the metrics were scored on different numbers of documents: each `@<n>`
-metric counts only the documents of length n, as intended.
+metric and `<n>` count only the documents of length n, as intended.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from lm_eval.api.registry import get_aggregation
 from lm_eval.api.task import Task
 
 from harness.lm_eval.corpus import CorpusSettings, corpus_cuts
-from harness.lm_eval.task_base import MetadataTask, Metric, per_length
+from harness.lm_eval.task_base import MetadataTask, Metric, by_length, per_length
 
 PERPLEXITIES = {
     "word_perplexity": "weighted_perplexity",
@@ -79,9 +80,11 @@ def process_results(doc: dict[str, Any], results: tuple[float]) -> dict[str, Any
         "word_perplexity": (loglikelihood, words),
         "byte_perplexity": (loglikelihood, bytes_),
         "bits_per_byte": (loglikelihood, bytes_),
-        "loss": -loglikelihood / doc["tokens"],
     }
-    return overall | {per_length(name, doc["length"]): value for name, value in overall.items()}
+    loss = -loglikelihood / doc["tokens"]
+    length = doc["length"]
+    per = {per_length(name, length): value for name, value in overall.items()}
+    return overall | per | {"loss": loss, by_length(length): loss}
 
 
 class PerplexityTask(MetadataTask):
@@ -91,7 +94,7 @@ class PerplexityTask(MetadataTask):
             for name, aggregation in PERPLEXITIES.items()
         }
         for n in CorpusSettings.from_metadata(metadata).lengths:
-            metrics[per_length("loss", n)] = Metric(mean, higher_is_better=False)
+            metrics[by_length(n)] = Metric(mean, higher_is_better=False)
             for name in PERPLEXITIES:
                 metrics[per_length(name, n)] = metrics[name]
         return metrics

@@ -7,7 +7,7 @@ aggregation and direction.
 
 Under data parallel (`accelerate launch`) each rank scores only its share of the documents,
 and lm-eval gathers every metric from every rank by name: a rank that saw no document of
-some length would have no `acc@<length>`. There every document reports every per-length
+some length would have no metric of that length (`4096`). There every document reports every per-length
 metric, None where it does not apply, and their aggregations pass the Nones over (their
 standard errors are then not computed: lm-eval knows those only for its own functions).
 """
@@ -23,8 +23,15 @@ from lm_eval.api.task import ConfigurableTask
 from harness.lm_eval import distributed
 
 
+def by_length(length: int) -> str:
+    """The name of a task's main metric over the documents of one length: the length itself,
+    e.g. `4096`, as lm-eval's RULER tasks name theirs (one metric per length)."""
+    return str(length)
+
+
 def per_length(metric: str, length: int) -> str:
-    """The name of `metric` over the documents of one length, e.g. `acc@4096`."""
+    """The name of a further metric over the documents of one length, e.g.
+    `word_perplexity@4096`."""
     return f"{metric}@{length}"
 
 
