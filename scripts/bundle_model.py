@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -42,7 +43,17 @@ PASSKEY_LOSS = {
 }
 
 
-def architecture(config: dict, summary: dict) -> list[str]:
+def rwkv6_ranks(weights: Path) -> tuple[int, int]:
+    """The token-shift and decay LoRA ranks of an RWKV-6, from its first block's tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        mix = f.get_slice("rwkv.blocks.0.attention.time_maa_w1").get_shape()[1] // 5
+        decay = f.get_slice("rwkv.blocks.0.attention.time_decay_w1").get_shape()[1]
+    return mix, decay
+
+
+def architecture(config: dict, summary: dict, weights: Path) -> list[str]:
     lines = [f"- Family: {summary['family']}", f"- Parameters: {summary['params']:,}"]
     if summary["family"] == "mamba2":
         ssm = config["ssm_cfg"]
@@ -53,6 +64,31 @@ def architecture(config: dict, summary: dict) -> list[str]:
             f"headdim {headdim}, {nheads} heads, expand 2, tied embeddings",
             f"- State size: {summary['state_size']:,} elements "
             f"({config['n_layer']} layers x {nheads} heads x {headdim} x {d_state})",
+        ]
+    elif summary["family"] == "mamba1":
+        ssm = config["ssm_cfg"]
+        d_inner = ssm.get("expand", 2) * config["d_model"]
+        n, layers = ssm.get("d_state", 16), config["n_layer"]
+        dt_rank = ssm.get("dt_rank", "auto")
+        if dt_rank == "auto":
+            dt_rank = f"{math.ceil(config['d_model'] / 16)} (d_model / 16)"
+        lines += [
+            f"- d_model {config['d_model']}, {layers} layers, d_state {n}, expand "
+            f"{ssm.get('expand', 2)} ({d_inner} channels), conv {ssm.get('d_conv', 4)}, dt_rank "
+            f"{dt_rank}, tied embeddings",
+            f"- State size: {summary['state_size']:,} elements ({layers} layers x {d_inner} "
+            f"channels x {n}; the conv state adds {layers} x {d_inner} x "
+            f"{ssm.get('d_conv', 4) - 1})",
+        ]
+    elif summary["family"] == "rwkv6":
+        C, layers, N = config["hidden_size"], config["num_hidden_layers"], config["head_size"]
+        mix, decay = rwkv6_ranks(weights)
+        lines += [
+            f"- d_model {C}, {layers} layers, head size {N}, {C // N} heads, channel mix "
+            f"{config['intermediate_size']}, token-shift LoRA rank {mix}, decay LoRA rank "
+            f"{decay}, untied head",
+            f"- State size: {summary['state_size']:,} elements ({layers} layers x {C // N} "
+            f"heads x {N} x {N}; the token shifts add {layers} x 2 x {C})",
         ]
     else:
         lines += [
@@ -68,7 +104,7 @@ def architecture(config: dict, summary: dict) -> list[str]:
 def training(summary: dict) -> list[str]:
     s = summary["settings"]
     carried = "state carried and detached between segments: TBPTT"
-    if summary["family"] != "mamba2":
+    if summary["family"] not in ("mamba2", "mamba1", "rwkv6"):
         carried = "segments independent"
     by_source = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_loss_by_source"].items())
     first, last = summary["final_loss_steps"]
@@ -85,14 +121,16 @@ def training(summary: dict) -> list[str]:
     ]
 
 
-def card(name: str, headline: str, config: dict, summary: dict, evaluation: str) -> str:
+def card(
+    name: str, headline: str, config: dict, summary: dict, evaluation: str, weights: Path
+) -> str:
     parts = [
         f"# {name}",
         "",
         headline,
         "",
         "## Architecture",
-        *architecture(config, summary),
+        *architecture(config, summary, weights),
         "",
         "## Training data",
         f"{DATA_NOTE} {PASSKEY_LOSS[summary['passkey_loss']]}",
@@ -160,7 +198,8 @@ def main() -> None:
     summary = renamed(json.loads((args.run / "training.json").read_text()), args.rename)
     config = json.loads((args.run / "config.json").read_text())
     evaluation = args.eval.read_text() if args.eval else ""
-    text = card(args.name, args.summary, config, summary, evaluation)
+    weights = args.run / "model.safetensors"
+    text = card(args.name, args.summary, config, summary, evaluation, weights)
     training = json.dumps(summary, indent=2) + "\n"
     check_no_paths(training, "training.json")
     check_no_paths(text, "the model card")

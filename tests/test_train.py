@@ -17,10 +17,23 @@ from harness.train.cli import add_arguments, command
 from harness.train.data import DataError, PasskeySamples, parse_mixture
 from harness.train.loop import TrainConfig, Trainer
 from harness.train.models import Mamba2Trainable, Shape, Trainable, build, detach_state
+from harness.train.models import load as load_trainable
 from harness.train.schedule import WSD
 
 TEXT = "It is a truth universally acknowledged, that a single byte in want of a model.\n" * 40
-SHAPE = Shape(d_model=32, n_layer=2, d_state=16, headdim=16, n_head=4, d_ff=64)
+SHAPE = Shape(
+    d_model=32,
+    n_layer=2,
+    d_state=16,
+    headdim=16,
+    n_head=4,
+    d_ff=64,
+    head_size=16,
+    d_mix=8,
+    d_decay=8,
+)
+FAMILIES = ["mamba2", "mamba1", "rwkv6", "gpt-neox"]
+RECURRENT = ["mamba2", "mamba1", "rwkv6"]
 
 
 def encode(text: str) -> list[int]:
@@ -107,7 +120,7 @@ def test_wrong_data_specs_are_named(specs: list[str], message: str) -> None:
         parse_mixture(specs, encode, 256)
 
 
-@pytest.mark.parametrize("family", ["mamba2", "gpt-neox"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_few_steps_lower_the_loss(family: str, corpus: Path, tmp_path: Path) -> None:
     run = trainer(family, corpus, tmp_path / "run", steps=12, warmup=1, decay=0.0)
     losses = [run.train_step(step).loss for step in range(12)]
@@ -181,21 +194,53 @@ def test_tbptt_state_equals_one_pass_and_no_gradient_crosses() -> None:
     assert torch.count_nonzero(second_segment_grad(detach=True)) == 0
 
 
-@pytest.mark.parametrize("family", ["mamba2", "gpt-neox"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoints_load_through_the_harness_loaders(
     family: str, corpus: Path, tmp_path: Path
 ) -> None:
     run = trainer(family, corpus, tmp_path / family, steps=2)
     run.run(resume=False)
     model = load(resolve(str(tmp_path / family)), "cpu", torch.float32, "torch")
-    assert model.info.train_context == (64 if family == "mamba2" else 32)
+    assert model.info.family == ("transformer" if family == "gpt-neox" else family)
+    assert model.info.train_context == (64 if family in RECURRENT else 32)
+    assert model.info.state_size == run.model.state_size
+    assert model.encode("a byte") == encode("a byte")  # the byte tokenizer saved beside it
 
     ids = torch.tensor([encode("a single byte in want")])
     run.model.module.eval()
     with torch.no_grad():
         expected, _ = run.model.forward(ids, run.model.initial_state(1))
+        continued = load_trainable(str(tmp_path / family))  # what --model DIR continues
+        again, _ = continued.forward(ids, continued.initial_state(1))
     logits, _ = model.forward(ids, model.init_state(1))
-    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    vocab = logits.shape[-1]  # Mamba's embedding is padded past the tokenizer's 257 ids
+    torch.testing.assert_close(logits, expected[..., :vocab], rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["mamba1", "rwkv6"])
+def test_new_families_carry_their_state_exactly_between_segments(family: str) -> None:
+    """Two segments chained through the (detached) state give the logits of one pass."""
+    model = build(family, SHAPE, byte_tokenizer(), seed=0)
+    ids = torch.randint(0, 257, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole, _ = model.forward(ids, model.initial_state(2))
+        first, state = model.forward(ids[:, :20], model.initial_state(2))
+        second, _ = model.forward(ids[:, 20:], detach_state(state))
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_fresh_rwkv6_learns_its_data_dependent_mixes_and_decay(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """The engine builds zero LoRAs, which would never move; training starts them as RWKV-LM
+    does (one factor zero, the other small), so both factors learn."""
+    run = trainer("rwkv6", corpus, tmp_path / "run", steps=3, warmup=1, decay=0.0)
+    for step in range(3):
+        run.train_step(step)
+    att = run.model.module.blocks[0].att
+    for name in ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2"):
+        assert torch.count_nonzero(getattr(att, name)) > 0, name
 
 
 def train_cli(*argv: str) -> int:
@@ -212,6 +257,12 @@ def train_cli(*argv: str) -> int:
         (["--model", "mamba3", "--data", "passkey"], "unknown model"),
         (["--model", "gpt-neox", "--data", "passkey", "--steps", "0"], "--steps"),
         (["--model", "gpt-neox", "--data", "passkey", "--tokenizer", __file__], "not a tokenizer"),
+        (["--model", "mamba2", "--data", "passkey", "--head-size", "16"], "not a mamba2 shape"),
+        (["--model", "rwkv6", "--data", "passkey", "--headdim", "16"], "rwkv6 takes --d-model"),
+        (["--model", "mamba1", "--data", "passkey", "--d-ff", "64"], "not a mamba1 shape"),
+        (["--model", "rwkv6", "--data", "passkey", "--head-size", "48"], "not a multiple"),
+        (["--model", "mamba1", "--data", "passkey", "--d-state", "0"], "at least 1"),
+        (["--model", "tiny-mamba2", "--data", "passkey", "--d-model", "8"], "from scratch"),
     ],
 )
 def test_wrong_input_exits_2(

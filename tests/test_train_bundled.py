@@ -39,7 +39,7 @@ def test_bundled_model_loads_and_matches_its_card(path: Path) -> None:
     assert card_number(card, "Parameters") == model.info.params
     assert model.info.train_context == config["train_context"]
     assert f"train_context {config['train_context']} tokens" in card
-    if model.info.family == "mamba2":
+    if model.info.family in ("mamba2", "mamba1", "rwkv6"):
         assert card_number(card, "State size") == model.info.state_size
     else:
         assert model.info.state_size is None

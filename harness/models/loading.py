@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from harness.models.base import LanguageModel, ModelInfo
 from harness.models.bundled import bundled_models
 from harness.models.catalog import CATALOG, NEOX_TOKENIZER, ModelSpec
 from harness.models.tiny import TINY_MODELS
+
+if TYPE_CHECKING:
+    from harness.models.tokenizer import TextCodec
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # owner/name as the hub spells them: ASCII letters, digits, '-', '_', '.'; no '..' or '--'
@@ -317,13 +321,24 @@ def _load_mamba1(source: ModelSource, device: str, dtype: torch.dtype) -> Langua
 
 def _load_rwkv6(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:
     from harness.models.base import RecurrentLM
-    from harness.models.rwkv6 import checkpoint_path, load_rwkv6, world_tokenizer
+    from harness.models.rwkv6 import checkpoint_path, load_rwkv6
 
     path = checkpoint_path(source.path or source.repo)
     module = load_rwkv6(_blinkdl_file(path) or path, device=device, dtype=dtype)
-    tokenizer = world_tokenizer(path if path.is_dir() else path.parent)
+    tokenizer = rwkv6_tokenizer(path if path.is_dir() else path.parent)
     info = _info(source, module, dtype, device, "torch", module.config.state_size, "context_length")
     return RecurrentLM(module, tokenizer, info)
+
+
+def rwkv6_tokenizer(folder: Path) -> TextCodec:
+    """The tokenizer.json beside an RWKV-6 checkpoint (e.g. the bundled byte-level toy), else
+    the RWKV World vocabulary."""
+    from harness.models.rwkv6 import world_tokenizer
+    from harness.models.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    if (folder / TOKENIZER_FILE).is_file():
+        return load_tokenizer(folder, str(folder))
+    return world_tokenizer(folder)
 
 
 def _load_transformer(source: ModelSource, device: str, dtype: torch.dtype) -> LanguageModel:

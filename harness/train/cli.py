@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.settings import argument_type
-from harness.train.models import FAMILIES, Shape, Trainable, build, load
+from harness.train.models import FAMILIES, SHAPE_FIELDS, Shape, Trainable, build, load
 
 INT, FLOAT = argument_type(int), argument_type(float)  # ASCII digits only, like settings
 
@@ -25,7 +26,8 @@ EXAMPLE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Train a Mamba-2 or GPT-NeoX model from scratch, or continue a checkpoint, on samples "
+        "Train a Mamba-2, Mamba-1, RWKV-6 or GPT-NeoX model from scratch, or continue a "
+        "checkpoint, on samples "
         "of --segments x --segment-length tokens with the state carried between segments "
         f"and detached (TBPTT). Example: {EXAMPLE}"
     )
@@ -59,18 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="from scratch: a tokenizer dir or tokenizer.json (default: 256 bytes + EOS)",
     )
 
-    shape = parser.add_argument_group("shape, when training from scratch")
+    shape = parser.add_argument_group(
+        "shape, when training from scratch (each family takes only its own flags)"
+    )
     defaults = Shape()
     for name, help_text in [
-        ("d_model", "width"),
-        ("n_layer", "layers"),
-        ("d_state", "Mamba-2 state dimension N"),
-        ("headdim", "Mamba-2 head dimension P"),
-        ("n_head", "GPT-NeoX attention heads"),
-        ("d_ff", "GPT-NeoX MLP width"),
+        ("d_model", f"width (default {defaults.d_model})"),
+        ("n_layer", f"layers (default {defaults.n_layer})"),
+        ("d_state", "state dimension N of Mamba-2 (default 128) and Mamba-1 (default 16)"),
+        ("headdim", f"Mamba-2 head dimension P (default {defaults.headdim})"),
+        ("n_head", f"GPT-NeoX attention heads (default {defaults.n_head})"),
+        ("d_ff", "MLP width: GPT-NeoX (default 256), RWKV-6 channel mix (default 3.5 x d_model)"),
+        ("head_size", f"RWKV-6 head size, dividing d_model (default {defaults.head_size})"),
+        ("d_mix", f"RWKV-6 rank of the token-shift mixing LoRA (default {defaults.d_mix})"),
+        ("d_decay", f"RWKV-6 rank of the decay LoRA (default {defaults.d_decay})"),
     ]:
         flag = "--" + name.replace("_", "-")
-        shape.add_argument(flag, type=INT, default=getattr(defaults, name), help=help_text)
+        shape.add_argument(flag, type=INT, help=help_text)
 
     run = parser.add_argument_group("optimisation")
     run.add_argument("--segment-length", type=INT, default=512, help="T: tokens per segment")
@@ -175,17 +182,28 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _model(args: argparse.Namespace) -> Trainable:
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(Shape)
+        if getattr(args, field.name) is not None
+    }
+    flags = ", ".join("--" + name.replace("_", "-") for name in given)
     if args.model not in FAMILIES:
+        if given:
+            raise ValueError(
+                f"{flags}: shape flags apply when training from scratch; --model {args.model} "
+                "continues a checkpoint with its own shape"
+            )
         return load(args.model)
-    shape = Shape(
-        d_model=args.d_model,
-        n_layer=args.n_layer,
-        d_state=args.d_state,
-        headdim=args.headdim,
-        n_head=args.n_head,
-        d_ff=args.d_ff,
-    )
-    return build(args.model, shape, _tokenizer(args.tokenizer), args.seed)
+    own = SHAPE_FIELDS[args.model]
+    foreign = [name for name in given if name not in own]
+    if foreign:
+        wrong = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        allowed = ", ".join("--" + name.replace("_", "-") for name in own)
+        raise ValueError(f"{wrong}: not a {args.model} shape flag; {args.model} takes {allowed}")
+    if any(value < 1 for value in given.values()):
+        raise ValueError(f"{flags}: shape sizes must be at least 1")
+    return build(args.model, Shape(**given), _tokenizer(args.tokenizer), args.seed)
 
 
 def _tokenizer(path: Path | None) -> TextCodec:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from harness.train import checkpoint
 from harness.train.data import Batch, Mixture
-from harness.train.models import Trainable, detach_state
+from harness.train.models import RECURRENT, Trainable, detach_state
 from harness.train.schedule import WSD
 
 LOG_FILE = "train_log.jsonl"
@@ -210,7 +210,7 @@ def make_optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> t
 def train_context(model: Trainable, config: TrainConfig) -> dict[str, int]:
     """config.json keys: the length the model learned over (all segments when a state is
     carried, one segment for GPT-NeoX, whose segments are independent)."""
-    carried = model.family == "mamba2"
+    carried = model.family in RECURRENT
     return {
         "train_context": config.sample_length if carried else config.segment_length,
         "train_segment_length": config.segment_length,

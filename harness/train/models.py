@@ -1,9 +1,10 @@
 """Model families as trainables: build from scratch or load to continue, run a segment, save.
 
 A `Trainable` runs one segment of a sample, `forward(ids, state) -> (logits, state)`:
-Mamba-2 carries its conv and SSM states from segment to segment (our engine), GPT-NeoX
-starts every segment afresh (its state is always None). `save` writes a checkpoint the
-harness loaders read, with the training length recorded in config.json as `train_context`.
+the recurrent families (Mamba-2, Mamba-1, RWKV-6: our engines) carry their states exactly
+from segment to segment, GPT-NeoX starts every segment afresh (its state is always None).
+`save` writes a checkpoint the harness loaders read, with the training length recorded in
+config.json as `train_context`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ if TYPE_CHECKING:
 
     from harness.models.tokenizer import TextCodec
 
-FAMILIES = ("mamba2", "gpt-neox")
+FAMILIES = ("mamba2", "mamba1", "rwkv6", "gpt-neox")
+RECURRENT = ("mamba2", "mamba1", "rwkv6")  # families whose state is carried between segments
+# the shape fields each family reads (the others are refused when it trains from scratch)
+SHAPE_FIELDS = {
+    "mamba2": ("d_model", "n_layer", "d_state", "headdim"),
+    "mamba1": ("d_model", "n_layer", "d_state"),
+    "rwkv6": ("d_model", "n_layer", "head_size", "d_ff", "d_mix", "d_decay"),
+    "gpt-neox": ("d_model", "n_layer", "n_head", "d_ff"),
+}
 
 
 class ModelChoiceError(ValueError):
@@ -33,10 +42,13 @@ class Shape:
 
     d_model: int = 128
     n_layer: int = 4
-    d_state: int = 128  # Mamba-2
+    d_state: int | None = None  # Mamba-2 N (None: 128), Mamba-1 N (None: 16)
     headdim: int = 32  # Mamba-2
     n_head: int = 4  # GPT-NeoX
-    d_ff: int = 256  # GPT-NeoX
+    d_ff: int | None = None  # GPT-NeoX MLP (None: 256), RWKV-6 channel mix (None: 3.5 x d_model)
+    head_size: int = 64  # RWKV-6 head size N (d_model must be a multiple)
+    d_mix: int = 32  # RWKV-6 rank of the token-shift mixing LoRA
+    d_decay: int = 64  # RWKV-6 rank of the decay LoRA
 
 
 class Trainable(ABC):
@@ -92,6 +104,52 @@ class Mamba2Trainable(Trainable):
         save_pretrained(self.module, path, format="state-spaces")
 
 
+class Mamba1Trainable(Trainable):
+    family = "mamba1"
+
+    def __init__(self, module: torch.nn.Module, tokenizer: TextCodec) -> None:
+        self.module = module
+        self.tokenizer = tokenizer
+
+    def initial_state(self, batch: int) -> Any:
+        return self.module.init_state(batch)
+
+    def forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.module(ids, state)
+
+    @property
+    def state_size(self) -> int | None:
+        return self.module.config.state_size
+
+    def _save_weights(self, path: Path) -> None:
+        from harness.models.mamba1 import save_pretrained
+
+        save_pretrained(self.module, path, format="state-spaces")
+
+
+class Rwkv6Trainable(Trainable):
+    family = "rwkv6"
+
+    def __init__(self, module: torch.nn.Module, tokenizer: TextCodec) -> None:
+        self.module = module
+        self.tokenizer = tokenizer
+
+    def initial_state(self, batch: int) -> Any:
+        return self.module.init_state(batch)
+
+    def forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.module(ids, state)
+
+    @property
+    def state_size(self) -> int | None:
+        return self.module.config.state_size
+
+    def _save_weights(self, path: Path) -> None:
+        from harness.train.rwkv6 import save_hf
+
+        save_hf(self.module, path)
+
+
 class NeoXTrainable(Trainable):
     family = "gpt-neox"
 
@@ -135,10 +193,24 @@ def build(family: str, shape: Shape, tokenizer: TextCodec, seed: int) -> Trainab
             d_model=shape.d_model,
             n_layer=shape.n_layer,
             vocab_size=len(tokenizer),
-            d_state=shape.d_state,
+            d_state=128 if shape.d_state is None else shape.d_state,
             headdim=shape.headdim,
         )
         return Mamba2Trainable(Mamba2(config), tokenizer)
+    if family == "mamba1":
+        from harness.models.mamba1 import Mamba1, Mamba1Config
+
+        config = Mamba1Config(
+            d_model=shape.d_model,
+            n_layer=shape.n_layer,
+            vocab_size=len(tokenizer),
+            d_state=16 if shape.d_state is None else shape.d_state,
+        )
+        return Mamba1Trainable(Mamba1(config), tokenizer)
+    if family == "rwkv6":
+        from harness.train.rwkv6 import build_rwkv6
+
+        return Rwkv6Trainable(build_rwkv6(shape, len(tokenizer)), tokenizer)
     if family == "gpt-neox":
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -147,7 +219,7 @@ def build(family: str, shape: Shape, tokenizer: TextCodec, seed: int) -> Trainab
             hidden_size=shape.d_model,
             num_hidden_layers=shape.n_layer,
             num_attention_heads=shape.n_head,
-            intermediate_size=shape.d_ff,
+            intermediate_size=256 if shape.d_ff is None else shape.d_ff,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.eos_token_id,
             attn_implementation="sdpa",
@@ -166,18 +238,14 @@ def load(ref: str) -> Trainable:
         source = resolve(ref)
     except ModelError as err:
         raise ModelChoiceError(
-            f"{err}; or name a family to train from scratch: mamba2, gpt-neox"
+            f"{err}; or name a family to train from scratch: {', '.join(FAMILIES)}"
         ) from None
     where = source.path or source.repo
     if where is None:
+        family = source.family if source.family in RECURRENT else "gpt-neox"
         raise ModelChoiceError(
             f"{ref!r} is a built-in model with random weights; to train from scratch give "
-            f"--model {'mamba2' if source.family == 'mamba2' else 'gpt-neox'}"
-        )
-    if source.family not in ("mamba2", "transformer"):
-        raise ModelChoiceError(
-            f"{ref!r} is a {source.family} model; harness train continues mamba2 and gpt-neox "
-            "checkpoints"
+            f"--model {family}"
         )
     import torch
 
@@ -187,6 +255,16 @@ def load(ref: str) -> Trainable:
 
         module = load_mamba2(str(where), device="cpu", dtype=torch.float32)
         return Mamba2Trainable(module, load_tokenizer(source.path, fallback))
+    if source.family == "mamba1":
+        from harness.models.mamba1 import load_mamba1
+
+        module = load_mamba1(str(where), device="cpu", dtype=torch.float32)
+        return Mamba1Trainable(module, load_tokenizer(source.path, fallback))
+    if source.family == "rwkv6":
+        from harness.train.rwkv6 import load_for_training
+
+        module, tokenizer = load_for_training(where)
+        return Rwkv6Trainable(module, tokenizer)
     from transformers import AutoModelForCausalLM
 
     module = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch.float32)
