@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from harness import calibrate as calibrate_cli
 from harness import identity
 from harness.executors import EXECUTORS, executor_class
+from harness.export import cli as export_cli
 from harness.leaderboard import cli as leaderboard_cli
 from harness.models.bundled import bundled_models
 from harness.models.tiny import TINY_MODELS
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "leaderboard", help="results/ -> leaderboard (Markdown, CSV, HTML with figures)"
     )
     leaderboard_cli.add_arguments(board)
+
+    export = sub.add_parser(
+        "export", help="results/ -> lm-eval's results JSON or Every Eval Ever records"
+    )
+    export_cli.add_arguments(export)
 
     train = sub.add_parser(
         "train", help="train or continue a Mamba-2 (state passing, TBPTT) or a GPT-NeoX"
@@ -435,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_to_stdout(args.what)
         if args.command == "leaderboard":
             return leaderboard_cli.command(args)
+        if args.command == "export":
+            return export_cli.command(args)
         if args.command == "train":
             return train_cli.command(args)
         if args.command == "calibrate":

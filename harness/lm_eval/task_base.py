@@ -9,8 +9,8 @@ Under data parallel (`accelerate launch`) each rank scores only its share of the
 and lm-eval gathers every metric from every rank by name: a rank that saw no document of
 some length would have no metric of that length (`4096`). There every document reports
 every per-length metric, None where it does not apply, and their aggregations pass the
-Nones over (their
-standard errors are then not computed: lm-eval knows those only for its own functions).
+Nones over (their standard errors are then not computed: lm-eval knows those only for its
+own functions).
 """
 
 from __future__ import annotations
