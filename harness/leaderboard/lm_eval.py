@@ -104,7 +104,9 @@ def _figure(task: str, rows: pd.DataFrame) -> Plot:
     token_axis(axis)
     metrics = set(rows["metric"])
     named = "the metric named by the length" if all(m.isdigit() for m in metrics) else None
-    ylabel = f"mean {named or ', '.join(sorted(metrics))} over documents"
+    ylabel = f"score: mean over documents of\n{named or ', '.join(sorted(metrics))}"
     axis.set(xlabel="length (tokens)", ylabel=ylabel, title=f"lm-eval {task}")
+    if rows["score"].between(0.0, 1.0).all():
+        axis.set_ylim(-0.04, 1.04)
     axis.legend(fontsize=8)
     return Plot(FIGURE + task, f"lm-eval {task}: score by length", to_png(figure))
