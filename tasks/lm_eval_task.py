@@ -73,18 +73,19 @@ class LmEvalTask(Task):
         o = self.options
         base = {"task": self.info.name, "limit": o.samples, "seed": o.seed}
         if not self.info.takes_lengths:
-            return [{**base, "length": None}]
+            return [base]  # no `length`: the runner's length-ordered series skip such units
         return [{**base, "length": n} for n in (o.lengths or (4096,))]
 
     def cost(self, params: dict[str, Any]) -> int:
-        return (params["length"] or 1024) * (params["limit"] or 100)
+        return params.get("length", 1024) * (params["limit"] or 100)
 
     def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
         found = evaluate(model, params)
         name = params["task"]
         samples = found["samples"][name]
         task_hash = _task_hash(samples)
-        rows = [_row(model, found, name, params["length"], s) | task_hash for s in samples]
+        length = params.get("length")
+        rows = [_row(model, found, name, length, s) | task_hash for s in samples]
         progress(self.cost(params))
         return rows
 
@@ -118,7 +119,7 @@ def evaluate(model: LanguageModel, params: dict[str, Any]) -> dict[str, Any]:
 
     manager = task_manager()
     metadata: dict[str, Any] = {"tokenizer": str(saved_folder(model.tokenizer))}
-    if params["length"] is not None:
+    if "length" in params:
         metadata["max_seq_lengths"] = [params["length"]]
     entry = manager.task_index[params["task"]]
     _seed_as_lm_eval(params["seed"])  # documents built at random (RULER) come out as its own

@@ -115,3 +115,21 @@ def test_hub_data_refused_offline(
 def test_group_expands_to_its_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`lm-eval:ruler` stands for RULER's tasks; those that fetch data are refused offline."""
     fails(["--tasks", "lm-eval:ruler"], tmp_path / "out", capsys, "lm-eval:niah_single_2")
+
+
+def test_units_per_length_or_one() -> None:
+    """A task that takes lengths gets one unit per --lengths length (RULER's 4096 without);
+    one that does not gets one unit with no length, which the runner orders as length 0."""
+    from harness.lm_eval.catalog import TaskInfo
+    from harness.runner import longest_prompt
+    from tasks.base import TaskOptions
+    from tasks.lm_eval_task import LmEvalTask
+
+    options = TaskOptions(lengths=(512, 1024), samples=3, seed=5)
+    ruler = LmEvalTask(options, TaskInfo("niah_single_1", takes_lengths=True, fetches=None))
+    assert [u["length"] for u in ruler.units()] == [512, 1024]
+    assert [u["length"] for u in LmEvalTask(TaskOptions(), ruler.info).units()] == [4096]
+    plain = LmEvalTask(options, TaskInfo("arc_easy", takes_lengths=False, fetches="x"))
+    assert plain.units() == [{"task": "arc_easy", "limit": 3, "seed": 5}]
+    assert longest_prompt(plain.units()[0]) == 0
+    assert plain.name == "lm-eval:arc_easy" and plain.table == "lm_eval"
