@@ -10,7 +10,11 @@ outputs are those `harness lm-eval --model harness` gives for the same task and 
   once. The metadata also names the tokenizer lengths are counted in: the model's own, saved
   where AutoTokenizer reads it (harness.lm_eval.tokenizer.saved_folder).
 - `--samples N` is lm-eval's `--limit N` (the first N documents; all when not given);
-  `--seed` is lm-eval's `random_seed` (its default, 0, is the harness's).
+  `--seed` is lm-eval's `random_seed` (its default, 0, is the harness's). The harness's own
+  tasks (`harness_passkey`...) take `--samples`, `--depths` and `--seed` as their metadata
+  instead, so that `lm-eval:harness_passkey` asks what `--tasks passkey` asks.
+- Inference strategies (oprm) serve generation tasks: lm-eval's context string is split into
+  instruction, context and question lines (harness.lm_eval.prompt_parts).
 - Rows: one per scored document: the lm-eval task, lm-eval's version, the task's version and
   hash (lm-eval's `task_hashes`), its config (JSON), how many documents it has in all, the
   document's id and hash, length, the prompt's token count, the target(s), the model's output
@@ -68,10 +72,14 @@ class LmEvalTask(Task):
         super().__init__(options)
         self.info = info
         self.name = f"lm-eval:{info.name}"
+        self.prompt_parts = info.generates  # oprm reads a generation prompt in parts
 
     def units(self) -> list[dict[str, Any]]:
         o = self.options
-        base = {"task": self.info.name, "limit": o.samples, "seed": o.seed}
+        base: dict[str, Any] = {"task": self.info.name, "limit": o.samples, "seed": o.seed}
+        if self.info.own:  # the harness's tasks take samples (per length) and depths
+            depths = list(o.depths) if o.depths is not None else None
+            base = {**base, "limit": None, "samples": o.samples, "depths": depths}
         if not self.info.takes_lengths:
             return [base]  # no `length`: the runner's length-ordered series skip such units
         return [{**base, "length": n} for n in (o.lengths or (4096,))]
@@ -121,6 +129,9 @@ def evaluate(model: LanguageModel, params: dict[str, Any]) -> dict[str, Any]:
     metadata: dict[str, Any] = {"tokenizer": str(saved_folder(model.tokenizer))}
     if "length" in params:
         metadata["max_seq_lengths"] = [params["length"]]
+    if "samples" in params:  # the harness's own tasks: as `harness run` samples them
+        own = {"samples": params["samples"], "depths": params["depths"], "seed": params["seed"]}
+        metadata |= {k: v for k, v in own.items() if v is not None}
     entry = manager.task_index[params["task"]]
     _seed_as_lm_eval(params["seed"])  # documents built at random (RULER) come out as its own
     task = TaskFactory(meta=metadata).build(entry, overrides=None, registry=manager.task_index)

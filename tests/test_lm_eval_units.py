@@ -133,3 +133,21 @@ def test_units_per_length_or_one() -> None:
     assert plain.units() == [{"task": "arc_easy", "limit": 3, "seed": 5}]
     assert longest_prompt(plain.units()[0]) == 0
     assert plain.name == "lm-eval:arc_easy" and plain.table == "lm_eval"
+
+
+def test_harness_passkey_through_lm_eval_equals_passkey_with_and_without_oprm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lm-eval's harness_passkey as a unit asks the prompts of `--tasks passkey` and, with
+    oprm, its context is split as passkey splits it: the outputs are the same."""
+    out = tmp_path / "out"
+    models = ["--models", "tiny-mamba2", "--mitigations", "none,oprm:chunk=128"]
+    args = [*models, "--lengths", "512", "--samples", "2", "--out", str(out)]
+    assert main(["run", *args, "--tasks", "passkey,lm-eval:harness_passkey"]) == 0
+    passkey = read_table(out, "passkey").to_pylist()
+    expected = {(r["mitigation"], r["sample"]): r["prediction"] for r in passkey}
+    rows = read_table(out, "lm_eval").to_pylist()
+    assert {(r["mitigation"], r["doc_id"]): r["output"] for r in rows} == expected
+    assert len(expected) == 4
+    assert main(["run", *args, "--tasks", "lm-eval:harness_perplexity"]) == 2  # scores sequences
+    assert "inference strategy" in capsys.readouterr().err

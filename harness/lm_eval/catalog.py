@@ -62,6 +62,8 @@ class TaskInfo:
     name: str  # lm-eval's task name
     takes_lengths: bool  # one unit per --lengths length (max_seq_lengths metadata)
     fetches: str | None  # data from outside (hub data set or URL), None when built offline
+    own: bool = False  # one of the harness's tasks (harness_passkey...): metadata samples, seed
+    generates: bool = False  # output_type generate_until: an inference strategy can serve it
 
 
 @cache
@@ -142,7 +144,8 @@ def _info(name: str, index: dict[str, Any]) -> TaskInfo:
             f"lm-eval task {PREFIX + name!r} needs {', '.join(missing)}: "
             f"pip install -e '.[{folder}]'"
         )
-    return TaskInfo(name, takes_lengths=own or ruler_style, fetches=fetches)
+    generates = config.get("output_type") == "generate_until"
+    return TaskInfo(name, own or ruler_style, fetches, own=own, generates=generates)
 
 
 def check_reachable(task: TaskInfo) -> None:

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     log.debug("lm-eval discovers entry-point plugins itself: %s", entry_points_supported())
     from harness.lm_eval.metadata import MetadataError
     from harness.lm_eval.model import ModelArgsError
+    from harness.lm_eval.prompt_parts import PromptSplitError
     from harness.lm_eval.tokenizer import TokenizerNotGiven
     from tasks.sources import SourceError
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = ["lm-eval", *with_include_path(list(args))]
     try:
         cli_evaluate()
-    except (MetadataError, ModelArgsError, TokenizerNotGiven, SourceError) as err:
+    except (MetadataError, ModelArgsError, TokenizerNotGiven, SourceError, PromptSplitError) as err:
         print(f"harness lm-eval: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -44,7 +44,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
-from harness.lm_eval import distributed
+from harness.lm_eval import distributed, prompt_parts
 from harness.mitigations.base import Mitigation
 from harness.models.base import LanguageModel, State
 from harness.models.loading import load, pick_device, resolve
@@ -58,6 +58,10 @@ DEFAULT_MAX_GEN_TOKS = 256
 
 class ModelArgsError(ValueError):
     """A `--model_args` value of the harness model that cannot be used."""
+
+
+class StrategyNotSupported(ModelArgsError):
+    """A scoring request under an inference strategy (oprm), which serves generation only."""
 
 
 class SamplingNotSupported(ValueError):
@@ -113,6 +117,7 @@ class HarnessLM(TemplateLM):
             self.lm = _load(str(model), mitigation, device, dtype, backend, ranks)
         _check_applies(mitigation, self.lm.info.family, self.lm.info.name)
         self.lm.hooks = mitigation.hooks(self.lm)
+        self.lm.strategy = mitigation.strategy()
         log.info("%s with %s: %s", self.lm.info.name, mitigation.spec, mitigation.artifacts())
 
     @classmethod
@@ -160,6 +165,7 @@ class HarnessLM(TemplateLM):
         **kwargs: Any,
     ) -> list[tuple[float, bool]]:
         """Each context prefilled once for consecutive requests that share it."""
+        self._whole_sequences("loglikelihood")
         results: list[tuple[float, bool]] = []
         prefilled: tuple[list[int], torch.Tensor, State] | None = None
         for args, context, continuation in tqdm(requests, disable=disable_tqdm):
@@ -191,6 +197,7 @@ class HarnessLM(TemplateLM):
         self, requests: list[Instance], disable_tqdm: bool = False
     ) -> list[float]:
         """log p(text | end-of-text token), every token scored with all the text before it."""
+        self._whole_sequences("loglikelihood_rolling")
         results = []
         for request in tqdm(requests, disable=disable_tqdm):
             (text,) = request.args
@@ -199,6 +206,14 @@ class HarnessLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), result)
             results.append(result)
         return results
+
+    def _whole_sequences(self, kind: str) -> None:
+        """Refuse scoring requests under an inference strategy, which serves generation."""
+        if self.lm.strategy is not None:
+            raise StrategyNotSupported(
+                f"{kind} requests score whole sequences; the inference strategy (oprm) reads a "
+                "prompt in parts for generation only: use it with generate_until tasks"
+            )
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         results = []
@@ -211,10 +226,14 @@ class HarnessLM(TemplateLM):
 
     @torch.inference_mode()
     def _generate(self, context: str, until: list[str], max_new_tokens: int) -> str:
-        """Greedy decoding after the whole context, cut before the first stop sequence."""
-        logits, state = self.lm.prefill(
-            self.tok_encode(context) or [self.prefix_token_id], self.chunk
-        )
+        """Greedy decoding after the whole context (or as the inference strategy reads its
+        parts: harness.lm_eval.prompt_parts), cut before the first stop sequence."""
+        if self.lm.strategy is not None:
+            logits, state = self.lm.prefill_prompt(prompt_parts.split(context))
+        else:
+            logits, state = self.lm.prefill(
+                self.tok_encode(context) or [self.prefix_token_id], self.chunk
+            )
         tokens: list[int] = []
         while len(tokens) < max_new_tokens:
             token = int(logits.argmax())
@@ -256,12 +275,6 @@ def _device(device: str | None) -> str:
 
 
 def _check_applies(mitigation: Mitigation, family: str, model_name: str) -> None:
-    if mitigation.strategy() is not None:
-        raise ModelArgsError(
-            f"mitigation {mitigation.spec!r} splits a prompt's context, and lm-eval requests do "
-            "not say which part of a prompt is the context; use it with `harness run --tasks "
-            "passkey`"
-        )
     if family not in mitigation.families:
         raise ModelArgsError(
             f"mitigation {mitigation.spec!r} does not apply to {model_name} (family {family}); "
