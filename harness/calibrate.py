@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from harness.mitigations.scale import LayerScale
     from harness.models.base import LanguageModel
     from harness.models.loading import ModelSource
-    from harness.models.mamba2.hooks import Hooks
+    from harness.models.recurrence import Hooks
     from tasks.sources import Source
 
 Loss = Callable[["torch.Tensor"], float]  # f(theta): the mean loss at scales exp(theta)
@@ -68,7 +68,7 @@ class CalibrationResult:
 
 def scale_hooks(kind: LayerScale, scales: torch.Tensor) -> Hooks:
     """Hooks applying scales[l] (a tensor, possibly requiring grad) in layer l."""
-    from harness.models.mamba2.hooks import Hooks
+    from harness.models.recurrence import Hooks
 
     return Hooks(transform_inputs=lambda layer, inputs: kind.apply(inputs, scales[layer]))
 

@@ -1,7 +1,7 @@
 """State statistics of Mamba-2 over a long prompt (paper-notes.md sections 2 and 7).
 
 The prompt (the newline prompt by default, or any text source) runs through the model with
-an observer on the engine's hook (harness/models/mamba2/hooks.py), chained after whatever
+an observer on the engine's hook (harness/models/recurrence.py), chained after whatever
 hooks a mitigation installed: the observed state is the one the mitigated model carries.
 Every `interval` tokens, per (layer, head):
 

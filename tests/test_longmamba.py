@@ -10,7 +10,7 @@ import torch
 
 from harness.mitigations import parse_mitigation
 from harness.mitigations.longmamba import LongMamba, Thresholds
-from harness.models.mamba2.hooks import ScanInputs
+from harness.models.recurrence import ScanInputs
 
 T, H = 200, 3
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.mamba2.hooks import ScanInputs
+from harness.models.recurrence import ScanInputs
 from harness.models.mamba2.ssd import (
     BackendError,
     recurrent_step,

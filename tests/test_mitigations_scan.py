@@ -18,7 +18,7 @@ from harness.mitigations.rri import RRI
 from harness.mitigations.scale import AScale, DtScale
 from harness.mitigations.state_norm import clip
 from harness.mitigations.window_scan import WindowScan, WindowState
-from harness.models.mamba2.hooks import Hooks, ScanInputs
+from harness.models.recurrence import Hooks, ScanInputs
 
 B_, H, P, G, N = 2, 4, 3, 2, 5  # batch, heads, headdim, groups, d_state
 

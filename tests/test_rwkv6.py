@@ -12,14 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.models.recurrence import ScanInputs
 from harness.models.rwkv6 import (
     Rwkv6,
     Rwkv6Config,
     WorldTokenizer,
+    bonus,
     load_rwkv6,
     save_blinkdl,
-    wkv,
 )
+from harness.models.rwkv6.model import exclusive_scan
 
 VOCAB = 50
 rwkv_package = pytest.importorskip("rwkv", reason="the rwkv package (dev extra) is the oracle")
@@ -70,20 +72,22 @@ def hf_copy(pth: Path, out: Path) -> Path:
     return out
 
 
-def test_wkv_matches_the_recurrence_token_by_token() -> None:
+def test_wkv_on_the_core_matches_the_recurrence_token_by_token() -> None:
     g = torch.Generator().manual_seed(1)
     b, length, H, N = 2, 37, 3, 4
     r, k, v = (torch.randn(b, length, H, N, generator=g) for _ in range(3))
     log_w = -torch.rand(b, length, H, N, generator=g) * 3
     u, S0 = torch.randn(H, N, generator=g), torch.randn(b, H, N, N, generator=g)
-    o, S = wkv(r, k, v, log_w, u, S0)
+    inputs = ScanInputs(x=v, dt=torch.ones(b, length, H), A=log_w, B=k, C=r, start=0)
+    o, S = exclusive_scan(inputs, S0.transpose(-1, -2))  # the core's h is (values, keys)
+    o = o + bonus(r, k, v, u)
     state, outs = S0.clone(), []
     for t in range(length):  # o_t = r_t (diag(u) k_t^T v_t + S_{t-1}); S_t = diag(w_t) S + k^T v
         kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (b, H, N, N)
         outs.append(torch.einsum("bhk,bhkn->bhn", r[:, t], u[..., None] * kv + state))
         state = log_w[:, t].exp()[..., None] * state + kv
     assert torch.allclose(o, torch.stack(outs, 1), atol=1e-5)
-    assert torch.allclose(S, state, atol=1e-5)
+    assert torch.allclose(S.transpose(-1, -2), state, atol=1e-5)
 
 
 def package_logits(pth: Path, ids: list[int]) -> torch.Tensor:

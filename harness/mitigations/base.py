@@ -16,7 +16,7 @@ from harness.settings import NoSettings, SettingError, build
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel, PromptStrategy
-    from harness.models.mamba2.hooks import Hooks
+    from harness.models.recurrence import Hooks
 
 
 class MitigationError(ValueError):

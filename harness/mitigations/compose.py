@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from harness.mitigations.base import Mitigation, MitigationError, NoMitigation
-from harness.models.mamba2.hooks import Hooks, Scan, ScanInputs, StateSnapshot
+from harness.models.recurrence import Hooks, Scan, ScanInputs, StateSnapshot
 from harness.settings import NoSettings
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.mitigations.base import MitigationError
-from harness.models.mamba2.hooks import Hooks, ScanInputs, StateSnapshot
+from harness.models.recurrence import Hooks, ScanInputs, StateSnapshot
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel

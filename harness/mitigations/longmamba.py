@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.models.base import LanguageModel
-    from harness.models.mamba2.hooks import Hooks, ScanInputs
+    from harness.models.recurrence import Hooks, ScanInputs
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class LongMamba(Mitigation):
         """Hooks, calibrating on `model` (run with `under`, a composite's earlier parts) first."""
         from harness.mitigations.engine import calibration_decays
         from harness.mitigations.state_norm import newline_ids
-        from harness.models.mamba2.hooks import Hooks
+        from harness.models.recurrence import Hooks
 
         if self.layers is None or self.source is None or self.source() is not model:
             ids = newline_ids(model)

@@ -22,7 +22,7 @@ from harness.settings import setting
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
-    from harness.models.mamba2.hooks import Hooks, ScanInputs
+    from harness.models.recurrence import Hooks, ScanInputs
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RRI(Mitigation):
             raise MitigationError(f"rri: b scales the insertion B, a finite number > 0; got {b}")
 
     def hooks(self, model: LanguageModel) -> Hooks:
-        from harness.models.mamba2.hooks import Hooks
+        from harness.models.recurrence import Hooks
 
         return Hooks(transform_inputs=self.transform)
 

@@ -27,7 +27,7 @@ from harness.settings import setting
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
-    from harness.models.mamba2.hooks import Hooks, ScanInputs
+    from harness.models.recurrence import Hooks, ScanInputs
 
 LayerScales = list[float] | dict[int, float]
 
@@ -68,7 +68,7 @@ class LayerScale(Mitigation):
 
     def hooks(self, model: LanguageModel) -> Hooks:
         from harness.mitigations.engine import layer_count
-        from harness.models.mamba2.hooks import Hooks
+        from harness.models.recurrence import Hooks
 
         scales = self.per_layer(layer_count(model))
         self.scales = scales

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.models.base import LanguageModel
-    from harness.models.mamba2.hooks import Hooks
+    from harness.models.recurrence import Hooks
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class StateNorm(Mitigation):
         tau = self.tau
         assert tau is not None  # calibrated just above
         from harness.mitigations.engine import head_count, layer_count
-        from harness.models.mamba2.hooks import Hooks
+        from harness.models.recurrence import Hooks
 
         expected = (layer_count(model), head_count(model))
         if tuple(tau.shape) != expected:

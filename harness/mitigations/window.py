@@ -14,7 +14,7 @@ from harness.settings import setting
 
 if TYPE_CHECKING:
     from harness.models.base import LanguageModel
-    from harness.models.mamba2.hooks import Hooks
+    from harness.models.recurrence import Hooks
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Window(Mitigation):
     def hooks(self, model: LanguageModel) -> Hooks:
         from harness.mitigations.engine import layer_count, scan_function
         from harness.mitigations.window_scan import WindowScan
-        from harness.models.mamba2.hooks import Hooks
+        from harness.models.recurrence import Hooks
 
         scan = WindowScan(self.settings.r, scan_function(model))
         return Hooks(scans=dict.fromkeys(range(layer_count(model)), scan))

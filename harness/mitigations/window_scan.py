@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from harness.models.mamba2.hooks import ScanInputs
+from harness.models.recurrence import ScanInputs
 
 # A log-decay below this counts as zero retention (exp(-60) ~ 1e-26, lost in float32 rounding;
 # the subnormal numbers it would make slow CPU arithmetic down), as in the engine's scan.

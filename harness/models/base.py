@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
+    from harness.models.recurrence import Hooks
     from harness.models.tokenizer import TextCodec
 
 Progress = Callable[[int], None]  # told the number of tokens of each chunk as it goes in
@@ -182,14 +183,18 @@ class LanguageModel(ABC):
 
 
 class RecurrentLM(LanguageModel):
-    """A recurrent module with `init_state(batch)` and `module(ids, state, last_only=...)`,
-    and its tokenizer: Mamba-1 and RWKV-6 as they are, Mamba-2 with its hooks (a subclass)."""
+    """A recurrent module with `init_state(batch)` and `module(ids, state, hooks, last_only=...)`,
+    its tokenizer, and the hooks a mitigation installs (harness/models/recurrence.py): Mamba-1
+    and RWKV-6 as they are, Mamba-2 with its scan backend (a subclass)."""
+
+    hooks: Hooks | None = None
 
     def __init__(self, module: torch.nn.Module, tokenizer: TextCodec, info: ModelInfo) -> None:
         self.module = module
         self.tokenizer = tokenizer
         self.info = info
         self.eos_token_id = tokenizer.eos_token_id
+        self.hooks = None
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -202,7 +207,7 @@ class RecurrentLM(LanguageModel):
 
     def call(self, ids: torch.Tensor, state: State, last_only: bool) -> tuple[torch.Tensor, State]:
         """The module on ids (b, l): logits (b, l or 1, vocab) float32 and the new state."""
-        return self.module(ids, state, last_only=last_only)
+        return self.module(ids, state, self.hooks, last_only=last_only)
 
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         return self.call(ids, state, last_only=False)

@@ -1,8 +1,8 @@
-"""Our Mamba-1: selective scan with a decay per (channel, state entry), exact state carry."""
+"""Our Mamba-1: a decay per (channel, state entry) on the recurrence core, exact state carry."""
 
 from harness.models.mamba1.checkpoint import load_mamba1, save_pretrained
 from harness.models.mamba1.config import ConfigError, Mamba1Config
-from harness.models.mamba1.model import Mamba1, Mamba1State, selective_scan
+from harness.models.mamba1.model import Mamba1, Mamba1State
 from harness.models.mamba2.checkpoint import CheckpointError
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
     "Mamba1State",
     "load_mamba1",
     "save_pretrained",
-    "selective_scan",
 ]

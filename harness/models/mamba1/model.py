@@ -13,8 +13,10 @@ Mixer of one layer, for u (b, l, d_model), with d = d_inner channels and n = d_s
     y_t        = h_t C_t + D x_t
     out        = out_proj(y * silu(z))
 
-Unlike Mamba-2 (one scalar decay per head), the decay differs per (channel, state entry), so
-the scan is a diagonal linear recurrence computed chunk by chunk (`selective_scan`). The
+Unlike Mamba-2 (one scalar decay per head), the decay differs per (channel, state entry): in
+the recurrence core (harness/models/recurrence.py) each channel is a head of one value (p = 1)
+with a decay per state entry, scanned chunk by chunk (`diagonal_scan`) with the hooks
+mitigations and observers use. The
 residual stream, the scan and the logits are float32 whatever the weights' dtype; the state
 (the last d_conv - 1 conv inputs and h per layer) is carried exactly, so a sequence fed in any
 pieces gives the logits of one pass.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +34,7 @@ from torch import nn
 
 from harness.models.mamba1.config import Mamba1Config
 from harness.models.mamba2.model import RMSNorm
-
-CHUNK = 16  # tokens per chunk of the scan: its (T, T, d, n) decay block stays small
+from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, diagonal_scan, run_scan
 
 
 @dataclass
@@ -40,62 +42,25 @@ class Mamba1State:
     """What a Mamba-1 carries between calls."""
 
     conv: list[torch.Tensor]  # per layer (b, d_inner, d_conv - 1): the last conv inputs
-    ssm: list[torch.Tensor | None]  # per layer h (b, d_inner, d_state) float32; None = zero
+    ssm: list[Any]  # per layer h (b, d_inner, 1, d_state) float32, a replacement's, None = zero
     position: int = 0  # tokens consumed so far
+    partial: list[Partial | None] | None = None  # per layer, kept only for an observer
 
     def clone(self) -> Mamba1State:
         return Mamba1State(
             conv=[c.clone() for c in self.conv],
             ssm=[None if s is None else s.clone() for s in self.ssm],
             position=self.position,
+            partial=None if self.partial is None else list(self.partial),  # never written to
         )
 
 
-def selective_scan(
-    dtx: torch.Tensor,
-    log_alpha: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    h0: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """h_t = exp(log_alpha_t) * h_{t-1} + dtx_t B_t^T, y_t = h_t C_t, chunk by chunk.
-
-    dtx (b, l, d), log_alpha (b, l, d, n) <= 0, B and C (b, l, n), h0 (b, d, n) or None
-    -> y (b, l, d), h_l (b, d, n). Within a chunk of T tokens, with cum_t = sum_{j <= t}
-    log_alpha_j (from the chunk's start):
-
-        y_t = sum_{s <= t} sum_n exp(cum_t - cum_s)[d, n] C_t[n] B_s[n] dtx_s[d]
-              + sum_n exp(cum_t)[d, n] C_t[n] h_0[d, n]
-        h_T = exp(cum_T) h_0 + sum_s exp(cum_T - cum_s) dtx_s B_s^T
-
-    Every exponent is <= 0 (no overflow), and memory holds one (b, T, T, d, n) block.
-    """
-    b, length, d = dtx.shape
-    n = B.shape[-1]
-    h = dtx.new_zeros(b, d, n) if h0 is None else h0
-    y = torch.empty_like(dtx)
-    causal = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=dtx.device).tril()
-    for lo in range(0, length, CHUNK):
-        hi = min(lo + CHUNK, length)
-        T = hi - lo
-        cum = log_alpha[:, lo:hi].cumsum(1)  # (b, T, d, n)
-        gap = cum[:, :, None] - cum[:, None]  # (b, t, s, d, n): cum_t - cum_s
-        decay = gap.masked_fill(~causal[:T, :T, None, None], -math.inf).exp()
-        Bc, Cc, u = B[:, lo:hi], C[:, lo:hi], dtx[:, lo:hi]
-        # sum over n of exp(cum_t - cum_s) C_t B_s, then over s with dtx_s: (b, T, d)
-        mix = torch.einsum("btsdn,btn,bsn->btsd", decay, Cc, Bc)
-        y[:, lo:hi] = torch.einsum("btsd,bsd->btd", mix, u)
-        y[:, lo:hi] += torch.einsum("btdn,btn,bdn->btd", cum.exp(), Cc, h)
-        last = (cum[:, -1:] - cum).exp()  # (b, T, d, n): exp(cum_T - cum_s)
-        h = cum[:, -1].exp() * h + torch.einsum("bsdn,bsd,bsn->bdn", last, u, Bc)
-    return y, h
-
-
 class Mixer(nn.Module):
-    def __init__(self, config: Mamba1Config) -> None:
+    def __init__(self, config: Mamba1Config, layer: int) -> None:
         super().__init__()
         c, d = config, config.d_inner
         self.config = config
+        self.layer = layer
         self.in_proj = nn.Linear(c.d_model, 2 * d, bias=c.bias)
         self.conv1d = nn.Conv1d(d, d, c.d_conv, groups=d, bias=c.conv_bias)  # (d, 1, d_conv)
         self.x_proj = nn.Linear(d, c.rank + 2 * c.d_state, bias=False)
@@ -105,19 +70,26 @@ class Mixer(nn.Module):
         self.out_proj = nn.Linear(d, c.d_model, bias=c.bias)
 
     def forward(
-        self, u: torch.Tensor, conv: torch.Tensor, h: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """u (b, l, d_model) -> out (b, l, d_model), new conv state, new h."""
+        self, u: torch.Tensor, conv: torch.Tensor, carried: Carried, start: int, hooks: Hooks | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Carried]:
+        """u (b, l, d_model) -> out (b, l, d_model), new conv state, what the scan carries."""
         c = self.config
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d) each
         x, conv = self.causal_conv(x, conv)
         x = x.float()
         r, B, C = self.x_proj(x.to(u.dtype)).float().split([c.rank, c.d_state, c.d_state], -1)
         dt = F.softplus(F.linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))
-        A = -torch.exp(self.A_log.float())  # (d, n)
-        y, h = selective_scan(dt * x, dt[..., None] * A, B, C, h)
-        y = (y + self.D.float() * x) * F.silu(z.float())
-        return self.out_proj(y.to(u.dtype)), conv, h
+        inputs = ScanInputs(  # one head per channel (p = 1), B and C shared (g = 1)
+            x=x[..., None],  # (b, l, d, 1)
+            dt=dt,  # (b, l, d)
+            A=-torch.exp(self.A_log.float()),  # (d, n)
+            B=B[:, :, None],  # (b, l, 1, n)
+            C=C[:, :, None],
+            start=start,
+        )
+        y, carried = run_scan(self.layer, inputs, carried, hooks, diagonal_scan)
+        y = (y[..., 0] + self.D.float() * x) * F.silu(z.float())
+        return self.out_proj(y.to(u.dtype)), conv, carried
 
     def causal_conv(
         self, x: torch.Tensor, state: torch.Tensor
@@ -134,17 +106,17 @@ class Mixer(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: Mamba1Config) -> None:
+    def __init__(self, config: Mamba1Config, layer: int) -> None:
         super().__init__()
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mixer = Mixer(config)
+        self.mixer = Mixer(config, layer)
 
     def forward(
-        self, u: torch.Tensor, conv: torch.Tensor, h: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, u: torch.Tensor, conv: torch.Tensor, carried: Carried, start: int, hooks: Hooks | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Carried]:
         """u (b, l, d_model) float32 residual stream -> the same after this layer, its state."""
-        out, conv, h = self.mixer(self.norm(u), conv, h)
-        return u + out.float(), conv, h
+        out, conv, carried = self.mixer(self.norm(u), conv, carried, start, hooks)
+        return u + out.float(), conv, carried
 
 
 class Mamba1(nn.Module):
@@ -153,7 +125,7 @@ class Mamba1(nn.Module):
         self.config = config
         V, d = config.padded_vocab_size, config.d_model
         self.embedding = nn.Embedding(V, d)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(d, config.norm_eps)
         self.lm_head = nn.Linear(d, V, bias=False)
         if config.tie_embeddings:
@@ -180,18 +152,27 @@ class Mamba1(nn.Module):
         return Mamba1State(conv=conv, ssm=[None] * c.n_layer, position=0)
 
     def forward(
-        self, ids: torch.Tensor, state: Mamba1State | None = None, last_only: bool = False
+        self,
+        ids: torch.Tensor,
+        state: Mamba1State | None = None,
+        hooks: Hooks | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, Mamba1State]:
         """ids (b, l) -> logits (b, l, padded vocab) float32 (b, 1, .) with last_only, state."""
         if state is None:
             state = self.init_state(ids.shape[0])
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
-        conv, ssm = [], []
+        partials = state.partial or [None] * len(self.layers)
+        conv, scans = [], []
         for i, block in enumerate(self.layers):
-            u, c, h = block(u, state.conv[i], state.ssm[i])
+            carried = Carried(state.ssm[i], partials[i])
+            u, c, carried = block(u, state.conv[i], carried, state.position, hooks)
             conv.append(c)
-            ssm.append(h)
+            scans.append(carried)
         if last_only:
             u = u[:, -1:]
         logits = self.lm_head(self.norm_f(u)).float()
-        return logits, Mamba1State(conv, ssm, state.position + ids.shape[1])
+        partial = [s.partial for s in scans] if any(s.partial is not None for s in scans) else None
+        return logits, Mamba1State(
+            conv, [s.ssm for s in scans], state.position + ids.shape[1], partial
+        )

@@ -3,10 +3,10 @@ checkpoint loading in both formats, hook points for mitigations and observers.""
 
 from harness.models.mamba2.checkpoint import CheckpointError, load_mamba2, save_pretrained
 from harness.models.mamba2.config import ConfigError, Mamba2Config
-from harness.models.mamba2.hooks import Hooks, Scan, ScanInputs, StateSnapshot
 from harness.models.mamba2.lm import Mamba2LM
 from harness.models.mamba2.model import Mamba2, Mamba2State
 from harness.models.mamba2.ssd import BackendError, resolve_backend, scan, ssd_scan
+from harness.models.recurrence import Hooks, Scan, ScanInputs, StateSnapshot
 
 __all__ = [
     "BackendError",

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.models.base import ModelInfo, RecurrentLM
-from harness.models.mamba2.hooks import Hooks
 from harness.models.mamba2.model import Mamba2, Mamba2State
 from harness.models.mamba2.ssd import resolve_backend
 
@@ -18,8 +17,6 @@ if TYPE_CHECKING:
 class Mamba2LM(RecurrentLM):
     """A Mamba2 module, its tokenizer, its scan backend and the hooks a mitigation installs."""
 
-    hooks: Hooks | None = None
-
     def __init__(
         self,
         module: Mamba2,
@@ -29,7 +26,6 @@ class Mamba2LM(RecurrentLM):
     ) -> None:
         super().__init__(module, tokenizer, info)
         self.backend = resolve_backend(backend, module.embedding.weight.device)
-        self.hooks = None
 
     def call(  # type: ignore[override]
         self, ids: torch.Tensor, state: Mamba2State, last_only: bool

@@ -18,9 +18,9 @@ Mixer of one layer, for u (b, l, d_model):
 
 from __future__ import annotations
 
-import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,12 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.mamba2.config import Mamba2Config
-from harness.models.mamba2.hooks import Hooks, ScanInputs, StateSnapshot
 from harness.models.mamba2.ssd import scan
-
-# dt (b, k, h) and A ((h,) or (b, k, h)) of the k tokens since the last multiple of the
-# hooks' interval: what a StateSnapshot reports when the interval spans several calls.
-Partial = tuple[torch.Tensor, torch.Tensor]
+from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, run_scan
 
 
 @dataclass
@@ -118,10 +114,11 @@ class Mixer(nn.Module):
             C=C.reshape(b, l, c.ngroups, c.d_state),
             start=start,
         )
-        y, state = run_scan(self.layer, inputs, state, hooks, backend, c.chunk_size)
+        ssd = partial(scan, backend=backend, chunk_size=c.chunk_size)
+        y, carried = run_scan(self.layer, inputs, state.scan, hooks, ssd)
         y = y + self.D.float()[:, None] * inputs.x  # (b, l, h, p)
         y = self.norm(y.reshape(b, l, c.d_inner), z)
-        return self.out_proj(y.to(self.out_proj.weight.dtype)), replace(state, conv=conv_state)
+        return self.out_proj(y.to(self.out_proj.weight.dtype)), LayerState(conv_state, carried)
 
     def causal_conv(
         self, xBC: torch.Tensor, conv_state: torch.Tensor
@@ -146,76 +143,7 @@ class Mixer(nn.Module):
 @dataclass(frozen=True)
 class LayerState:
     conv: torch.Tensor  # (b, conv_dim, d_conv - 1)
-    ssm: Any  # h (b, h, p, n), a replacement scan's state, or None (zero)
-    partial: Partial | None = None  # the unfinished interval's dt and A, for observers
-
-
-def run_scan(
-    layer: int,
-    inputs: ScanInputs,
-    state: LayerState,
-    hooks: Hooks | None,
-    backend: str,
-    chunk_size: int,
-) -> tuple[torch.Tensor, LayerState]:
-    """One layer's scan with the hooks of hooks.py: -> y (b, l, h, p) without D x, new state."""
-    if hooks is None:
-        y, h = scan(inputs, state.ssm, backend, chunk_size)
-        return y, replace(state, ssm=h)
-    if hooks.transform_inputs is not None:
-        inputs = hooks.transform_inputs(layer, inputs)
-    if layer in hooks.scans:
-        y, carried = hooks.scans[layer](inputs, state.ssm)
-        return y, replace(state, ssm=carried)
-    if not hooks.segmented:
-        y, h = scan(inputs, state.ssm, backend, chunk_size)
-        return y, replace(state, ssm=h)
-    ys, h, partial = [], state.ssm, state.partial
-    for lo, hi in _segments(inputs.start, inputs.x.shape[1], hooks.interval):
-        piece = _piece(inputs, lo, hi)
-        y, h = scan(piece, h, backend, chunk_size)
-        ys.append(y)
-        if hooks.observer is not None:
-            partial = _extend(partial, piece.dt, piece.A)
-        position = inputs.start + hi
-        if position % hooks.interval:
-            continue
-        if hooks.transform_state is not None:
-            h = hooks.transform_state(layer, h, position)
-        if hooks.observer is not None and partial is not None:
-            hooks.observer(StateSnapshot(layer, position, h, *partial))
-            partial = None
-    return torch.cat(ys, dim=1), replace(state, ssm=h, partial=partial)
-
-
-def _segments(start: int, length: int, interval: int) -> list[tuple[int, int]]:
-    """Offsets [lo, hi) cutting start..start+length at absolute multiples of interval."""
-    first = (start // interval + 1) * interval - start  # offset of the first boundary
-    cuts = [0, *range(first, length, interval), length]
-    return list(itertools.pairwise(cuts))
-
-
-def _piece(inputs: ScanInputs, lo: int, hi: int) -> ScanInputs:
-    A = inputs.A if inputs.A.dim() == 1 else inputs.A[:, lo:hi]
-    return ScanInputs(
-        x=inputs.x[:, lo:hi],
-        dt=inputs.dt[:, lo:hi],
-        A=A,
-        B=inputs.B[:, lo:hi],
-        C=inputs.C[:, lo:hi],
-        start=inputs.start + lo,
-    )
-
-
-def _extend(partial: Partial | None, dt: torch.Tensor, A: torch.Tensor) -> Partial:
-    """The unfinished interval's (dt, A) with a piece's appended; A stays (h,) while it can."""
-    if partial is None:
-        return dt, A
-    dt0, A0 = partial
-    if A0.dim() == A.dim() == 1 and torch.equal(A0, A):
-        return torch.cat([dt0, dt], dim=1), A
-    A0, A = A0.expand_as(dt0), A.expand_as(dt)  # (b, k, h)
-    return torch.cat([dt0, dt], dim=1), torch.cat([A0, A], dim=1)
+    scan: Carried  # h (or a replacement scan's state) and an observer's unfinished interval
 
 
 class Block(nn.Module):
@@ -319,10 +247,10 @@ class Mamba2(nn.Module):
     ) -> tuple[torch.Tensor, Mamba2State]:
         """forward for one piece."""
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
-        partial = state.partial or [None] * len(self.layers)
+        partials = state.partial or [None] * len(self.layers)
         layers = []
         for i, block in enumerate(self.layers):
-            layer = LayerState(state.conv[i], state.ssm[i], partial[i])
+            layer = LayerState(state.conv[i], Carried(state.ssm[i], partials[i]))
             u, layer = block(u, layer, state.position, hooks, backend)
             layers.append(layer)
         if last_only:
@@ -330,10 +258,10 @@ class Mamba2(nn.Module):
         logits = self.lm_head(self.norm_f(u).to(self.lm_head.weight.dtype)).float()
         return logits, Mamba2State(
             conv=[layer.conv for layer in layers],
-            ssm=[layer.ssm for layer in layers],
+            ssm=[layer.scan.ssm for layer in layers],
             position=state.position + ids.shape[1],
-            partial=[layer.partial for layer in layers]
-            if any(layer.partial is not None for layer in layers)
+            partial=[layer.scan.partial for layer in layers]
+            if any(layer.scan.partial is not None for layer in layers)
             else None,
         )
 

@@ -29,7 +29,7 @@ from functools import cache
 
 import torch
 
-from harness.models.mamba2.hooks import ScanInputs
+from harness.models.recurrence import ScanInputs
 
 BACKENDS = ("auto", "torch", "triton")
 TORCH_CHUNK = 64  # tokens per chunk of ssd_scan in the torch backend

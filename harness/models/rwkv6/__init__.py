@@ -7,7 +7,7 @@ from harness.models.rwkv6.checkpoint import (
     load_rwkv6,
     save_blinkdl,
 )
-from harness.models.rwkv6.model import Rwkv6, Rwkv6Config, Rwkv6State, wkv
+from harness.models.rwkv6.model import Rwkv6, Rwkv6Config, Rwkv6State, bonus
 from harness.models.rwkv6.tokenizer import WorldTokenizer, world_tokenizer
 
 __all__ = [
@@ -15,11 +15,11 @@ __all__ = [
     "Rwkv6Config",
     "Rwkv6State",
     "WorldTokenizer",
+    "bonus",
     "checkpoint_path",
     "config_from",
     "is_blinkdl_file",
     "load_rwkv6",
     "save_blinkdl",
-    "wkv",
     "world_tokenizer",
 ]

@@ -17,18 +17,29 @@ Channel mix: xx = ln2(x); sx = shift(xx) - xx; k = relu((xx + sx mu_k) Wk)^2;
 x = x + sigmoid((xx + sx mu_r) Wr) * (k Wv).
 
 The state of a layer is the last xx of each mix and S, so a sequence fed in any pieces gives
-the logits of one pass. The scan (`wkv`) runs 16 tokens at a time in float32.
+the logits of one pass. The wkv recurrence is the core's (harness/models/recurrence.py) with
+dt = 1, decay log w per key channel, x = v, B = k, C = r, read before the current token's
+insertion (`current=False`), so the mitigations' hooks apply to it; the bonus is added here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CHUNK = 16  # tokens per chunk of the wkv scan
+from harness.models.recurrence import (
+    Carried,
+    Hooks,
+    Partial,
+    ScanInputs,
+    diagonal_scan,
+    run_scan,
+)
+
 GROUP_NORM_EPS = 1e-5 * 8**2  # RWKV-6 divides by head_size_divisor 8 before its norm
 MIX = ("w", "k", "v", "r", "g")  # the order of the five token-shift mixes in W1 / W2
 
@@ -64,63 +75,31 @@ class Rwkv6State:
 
     att_x: list[torch.Tensor]  # per layer (b, C): the last ln1 output (time-mix shift)
     ffn_x: list[torch.Tensor]  # per layer (b, C): the last ln2 output (channel-mix shift)
-    wkv: list[torch.Tensor]  # per layer S (b, H, N, N) float32
+    wkv: list[Any]  # per layer S^T (b, H, N values, N keys) float32, a replacement's, None = 0
     position: int = 0
+    partial: list[Partial | None] | None = None  # per layer, kept only for an observer
 
     def clone(self) -> Rwkv6State:
         return Rwkv6State(
             [t.clone() for t in self.att_x],
             [t.clone() for t in self.ffn_x],
-            [t.clone() for t in self.wkv],
+            [None if t is None else t.clone() for t in self.wkv],
             self.position,
+            None if self.partial is None else list(self.partial),  # never written to
         )
 
 
-def wkv(
-    r: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_w: torch.Tensor,
-    u: torch.Tensor,
-    S: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """o_t = r_t (diag(u) k_t^T v_t + S_{t-1}), S_t = diag(w_t) S_{t-1} + k_t^T v_t.
-
-    r, k, v, log_w (b, l, H, N) float32 with log_w = log w <= 0; u (H, N); S (b, H, N, N)
-    -> o (b, l, H, N), S after the l tokens. Within a chunk, with c_t = sum_{j <= t} log_w_j
-    and e_t = c_{t-1} (e_0 = 0):
-
-        o_t = sum_{s < t} [sum_n r_t exp(e_t - c_s) k_s]_n v_s + (r_t u . k_t) v_t
-              + (r_t exp(e_t)) S_0
-        S_T = exp(c_{T-1}) S_0 + sum_s (exp(c_{T-1} - c_s) k_s)^T v_s
-
-    Every exponent is <= 0 where it is used (no overflow)."""
-    length = r.shape[1]
-    o = torch.empty_like(v)
-    strict = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=r.device).tril(-1)
-    for lo in range(0, length, CHUNK):
-        hi = min(lo + CHUNK, length)
-        T = hi - lo
-        rc, kc, vc = r[:, lo:hi], k[:, lo:hi], v[:, lo:hi]  # (b, T, H, N)
-        c = log_w[:, lo:hi].cumsum(1)
-        e = c - log_w[:, lo:hi]
-        gap = (e[:, :, None] - c[:, None]).masked_fill(~strict[:T, :T, None, None], -torch.inf)
-        scores = torch.einsum("bthn,btshn,bshn->bhts", rc, gap.exp(), kc)  # (b, H, T, T)
-        bonus = (rc * u * kc).sum(-1)  # (b, T, H)
-        o[:, lo:hi] = torch.einsum("bhts,bshn->bthn", scores, vc) + bonus[..., None] * vc
-        o[:, lo:hi] += torch.einsum("bthk,bhkn->bthn", rc * e.exp(), S)
-        last = c[:, -1]  # (b, H, N)
-        S = last.exp()[..., None] * S + torch.einsum(
-            "bshk,bshn->bhkn", (last[:, None] - c).exp() * kc, vc
-        )
-    return o, S
+def bonus(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The current token's term of o_t: (r_t diag(u) k_t^T) v_t; r, k, v (b, l, H, N), u (H, N)."""
+    return (r * u * k).sum(-1, keepdim=True) * v
 
 
 class TimeMix(nn.Module):
-    def __init__(self, c: Rwkv6Config) -> None:
+    def __init__(self, c: Rwkv6Config, layer: int) -> None:
         super().__init__()
         C = c.d_model
         self.config = c
+        self.layer = layer
         self.time_maa_x = nn.Parameter(torch.zeros(C))
         self.time_maa = nn.Parameter(torch.zeros(len(MIX), C))  # mu_w, mu_k, mu_v, mu_r, mu_g
         self.time_maa_w1 = nn.Parameter(torch.zeros(C, len(MIX) * c.d_mix))
@@ -137,9 +116,15 @@ class TimeMix(nn.Module):
         self.ln_x = nn.GroupNorm(c.n_head, C, eps=GROUP_NORM_EPS)
 
     def forward(
-        self, xx: torch.Tensor, prev: torch.Tensor, S: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """xx = ln1(x) (b, l, C), prev (b, C) the previous token's -> out (b, l, C), new S."""
+        self,
+        xx: torch.Tensor,
+        prev: torch.Tensor,
+        carried: Carried,
+        start: int,
+        hooks: Hooks | None,
+    ) -> tuple[torch.Tensor, Carried]:
+        """xx = ln1(x) (b, l, C), prev (b, C) the previous token's -> out (b, l, C), and what
+        the scan carries (S as h (b, H, N values, N keys))."""
         b, length, C = xx.shape
         H, N = self.config.n_head, self.config.head_size
         sx = torch.cat([prev[:, None], xx[:, :-1]], dim=1) - xx
@@ -150,10 +135,18 @@ class TimeMix(nn.Module):
         r, k, v = (proj(x).float().view(b, length, H, N) for proj, x in
                    ((self.receptance, xr), (self.key, xk), (self.value, xv)))  # fmt: skip
         d = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
-        log_w = -torch.exp(d.float()).view(b, length, H, N)
-        o, S = wkv(r, k, v, log_w, self.time_faaaa.float(), S)
+        inputs = ScanInputs(  # the recurrence with dt = 1: alpha = w, insertion v k^T, read by r
+            x=v,
+            dt=v.new_ones(1, 1, 1).expand(b, length, H),
+            A=-torch.exp(d.float()).view(b, length, H, N),  # log w_t (b, l, H, N keys)
+            B=k,
+            C=r,
+            start=start,
+        )
+        o, carried = run_scan(self.layer, inputs, carried, hooks, exclusive_scan)
+        o = o + bonus(r, k, v, self.time_faaaa.float())
         o = self.ln_x(o.reshape(b * length, C)).view(b, length, C)
-        return self.output(o.to(xx.dtype) * F.silu(self.gate(xg))), S
+        return self.output(o.to(xx.dtype) * F.silu(self.gate(xg))), carried
 
 
 class ChannelMix(nn.Module):
@@ -174,24 +167,30 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, c: Rwkv6Config) -> None:
+    def __init__(self, c: Rwkv6Config, layer: int) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.ln2 = nn.LayerNorm(c.d_model, eps=c.norm_eps)
-        self.att = TimeMix(c)
+        self.att = TimeMix(c, layer)
         self.ffn = ChannelMix(c)
 
     def forward(
-        self, x: torch.Tensor, att_x: torch.Tensor, ffn_x: torch.Tensor, S: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (b, l, C) float32 -> x after this layer, and its new state (att_x, ffn_x, S)."""
+        self,
+        x: torch.Tensor,
+        att_x: torch.Tensor,
+        ffn_x: torch.Tensor,
+        carried: Carried,
+        start: int,
+        hooks: Hooks | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Carried]:
+        """x (b, l, C) float32 -> x after this layer, and its new state (att_x, ffn_x, scan)."""
         dtype = self.ln1.weight.dtype
         xx = self.ln1(x.to(dtype))
-        out, S = self.att(xx, att_x, S)
+        out, carried = self.att(xx, att_x, carried, start, hooks)
         x = x + out.float()
         yy = self.ln2(x.to(dtype))
         x = x + self.ffn(yy, ffn_x).float()
-        return x, xx[:, -1], yy[:, -1], S
+        return x, xx[:, -1], yy[:, -1], carried
 
 
 class Rwkv6(nn.Module):
@@ -200,33 +199,44 @@ class Rwkv6(nn.Module):
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.d_model)
         self.ln0 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def init_state(self, batch: int = 1) -> Rwkv6State:
         c, weight = self.config, self.emb.weight
         shift = [weight.new_zeros(batch, c.d_model) for _ in range(c.n_layer)]
-        S = [
-            weight.new_zeros(batch, c.n_head, c.head_size, c.head_size, dtype=torch.float32)
-            for _ in range(c.n_layer)
-        ]
-        return Rwkv6State(shift, [s.clone() for s in shift], S, 0)
+        return Rwkv6State(shift, [s.clone() for s in shift], [None] * c.n_layer, 0)
 
     def forward(
-        self, ids: torch.Tensor, state: Rwkv6State | None = None, last_only: bool = False
+        self,
+        ids: torch.Tensor,
+        state: Rwkv6State | None = None,
+        hooks: Hooks | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, Rwkv6State]:
         """ids (b, l) -> logits (b, l, vocab) float32 ((b, 1, vocab) with last_only), state."""
         if state is None:
             state = self.init_state(ids.shape[0])
         x = self.ln0(self.emb(ids)).float()  # residual stream (b, l, C)
-        att, ffn, wkvs = [], [], []
+        partials = state.partial or [None] * len(self.blocks)
+        att, ffn, scans = [], [], []
         for i, block in enumerate(self.blocks):
-            x, a, f, S = block(x, state.att_x[i], state.ffn_x[i], state.wkv[i])
+            carried = Carried(state.wkv[i], partials[i])
+            x, a, f, carried = block(
+                x, state.att_x[i], state.ffn_x[i], carried, state.position, hooks
+            )
             att.append(a)
             ffn.append(f)
-            wkvs.append(S)
+            scans.append(carried)
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.ln_out(x.to(self.head.weight.dtype))).float()
-        return logits, Rwkv6State(att, ffn, wkvs, state.position + ids.shape[1])
+        partial = [s.partial for s in scans] if any(s.partial is not None for s in scans) else None
+        position = state.position + ids.shape[1]
+        return logits, Rwkv6State(att, ffn, [s.ssm for s in scans], position, partial)
+
+
+def exclusive_scan(inputs: ScanInputs, h0: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+    """The core's scan in RWKV's form: o_t reads S_{t-1}, the state before token t."""
+    return diagonal_scan(inputs, h0, current=False)
