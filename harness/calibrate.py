@@ -103,15 +103,15 @@ def calibrate(
     config: CalibrationConfig,
     progress: Progress | None = None,
 ) -> CalibrationResult:
-    """Per-layer scales for `model` (a Mamba2LM) minimising the mean loss on `docs`."""
+    """Per-layer scales for `model` (Mamba-2 or Mamba-1) minimising the mean loss on `docs`."""
     import torch
 
-    from harness.mitigations.engine import layer_count, mamba2
+    from harness.mitigations.engine import layer_count, recurrent
 
     n_layer = layer_count(model)
     start = math.log(min(1.0, model.info.train_context / config.length))
     theta = torch.full((n_layer,), start if config.mitigation == "dt-scale" else 0.0)
-    lm = mamba2(model)
+    lm = recurrent(model)
     for p in lm.module.parameters():
         p.requires_grad_(False)
 
@@ -207,7 +207,7 @@ def write(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a Mamba-2: catalog name, folder or hub id")
+    parser.add_argument("--model", required=True, help="a Mamba-2 or Mamba-1: catalog name, folder or hub id")
     parser.add_argument("--mitigation", required=True, choices=KINDS, help="which input to scale")
     parser.add_argument("--length", required=True, help="target length L in tokens: 8192, 8k")
     parser.add_argument(
@@ -227,8 +227,11 @@ def command(args: argparse.Namespace) -> int:
 
     (length,) = _one_length(args.length, parse_lengths)
     (source,) = parse_models(args.model)
-    if source.family != "mamba2":
-        raise UsageError(f"calibrate scales Mamba-2 dt or A; {source.name} is a {source.family}")
+    if source.family not in ("mamba1", "mamba2"):
+        raise UsageError(
+            f"calibrate scales the dt or A of Mamba-2 and Mamba-1; {source.name} is a "
+            f"{source.family}"
+        )
     for name, value in (("--steps", args.steps), ("--documents", args.documents)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")

@@ -1,4 +1,4 @@
-"""State statistics of Mamba-2 over a long prompt (paper-notes.md sections 2 and 7).
+"""State statistics of a recurrent model over a long prompt (paper-notes.md sections 2 and 7).
 
 The prompt (the newline prompt by default, or any text source) runs through the model with
 an observer on the engine's hook (harness/models/recurrence.py), chained after whatever
@@ -16,6 +16,12 @@ without a rerun: its norm at the training length T_train (`train_norm`, the last
 or before it), `growth` = norm / train_norm, `collapse_position` = the first position past
 T_train where growth exceeds the `growth` option, `collapsed` whether there is one (null
 when the prompt does not reach past T_train).
+
+Heads: Mamba-2's and RWKV-6's own; Mamba-1 has none (each of its d_inner channels is a state
+of d_state entries), so a layer's whole d_inner x d_state state is one "head" (head 0). Where
+the decay differs per state entry (Mamba-1, RWKV-6: w per key channel), alpha_mean, dt_mean and
+the retention are of the geometric mean of the head's decays (the mean of dt A over its
+entries and channels); RWKV-6 has no dt (dt = 1).
 
 Records fall at the multiples of `interval` (the engine's observer points); a tail shorter
 than one interval is not recorded.
@@ -40,8 +46,8 @@ from tasks.sources import SourceSettings, documents, source_from
 if TYPE_CHECKING:
     import torch
 
-    from harness.models.base import LanguageModel
-    from harness.models.mamba2 import Mamba2LM, StateSnapshot
+    from harness.models.base import LanguageModel, RecurrentLM
+    from harness.models.recurrence import StateSnapshot
 
 DEFAULT_LENGTHS = (16384,)
 
@@ -64,18 +70,19 @@ class StateRecorder:
     interval and at the end of each forward call), so the sums of dt cover whole intervals.
     """
 
-    def __init__(self, interval: int, outlier_sigma: float) -> None:
+    def __init__(self, interval: int, outlier_sigma: float, heads: int) -> None:
         self.interval = interval
+        self.heads = heads  # groups of the state recorded apart (model.stat_heads)
         self.outlier_sigma = outlier_sigma
         self.sums: dict[int, IntervalSums] = {}
         self.log_retention: dict[int, torch.Tensor] = {}  # layer -> (heads,) sum of dt A
         self.records: list[dict[str, Any]] = []
 
     def __call__(self, snapshot: StateSnapshot) -> None:
-        dt = snapshot.dt[0].double()  # (l, heads)
-        A = snapshot.A.double() if snapshot.A.dim() == 1 else snapshot.A[0].double()
-        log_alpha = dt * A  # (l, heads)
-        layer, heads = snapshot.layer, dt.shape[1]
+        dt, log_alpha = snapshot.dt[0].double(), snapshot.log_alpha()[0].double()  # (l, H[, n])
+        dt = dt.reshape(dt.shape[0], self.heads, -1).mean(-1)  # (l, heads)
+        log_alpha = log_alpha.reshape(dt.shape[0], self.heads, -1).mean(-1)  # geometric mean
+        layer, heads = snapshot.layer, self.heads
         sums = self.sums.setdefault(layer, IntervalSums(heads))
         sums.dt += dt.sum(0)
         sums.alpha += log_alpha.exp().sum(0)
@@ -89,8 +96,15 @@ class StateRecorder:
             self.sums[layer] = IntervalSums(heads)
 
     def _records(self, snapshot: StateSnapshot, sums: IntervalSums) -> list[dict[str, Any]]:
-        stats = {k: v[0].double() for k, v in snapshot.stats().items()}
-        flat = snapshot.h[0].flatten(1).double()  # (heads, P * N)
+        import torch
+
+        flat = snapshot.h[0].reshape(self.heads, -1).double()  # (heads, state elements)
+        stats = {
+            "norm": torch.linalg.vector_norm(flat, dim=-1),
+            "mean": flat.mean(-1),
+            "var": flat.var(-1, unbiased=False),
+            "max_abs": flat.abs().amax(-1),
+        }
         deviation = (flat - stats["mean"][:, None]).abs()
         limit = self.outlier_sigma * stats["var"].sqrt()[:, None]
         outliers = (deviation > limit).double().mean(-1)
@@ -148,7 +162,7 @@ def _ratio(norm: float, reference: float | None) -> float | None:
 
 
 @contextmanager
-def observing(model: Mamba2LM, recorder: StateRecorder) -> Iterator[None]:
+def observing(model: RecurrentLM, recorder: StateRecorder) -> Iterator[None]:
     """Run with `recorder` chained after the model's hooks; put the hooks back afterwards."""
     before = model.hooks
     if before is not None and before.scans:
@@ -157,7 +171,7 @@ def observing(model: Mamba2LM, recorder: StateRecorder) -> Iterator[None]:
             f"(layers {sorted(before.scans)}) does not carry; run it without that mitigation"
         )
     from harness.mitigations.compose import merge_hooks
-    from harness.models.mamba2 import Hooks
+    from harness.models.recurrence import Hooks
 
     every = recorder.interval
     if before is not None and before.segmented:
@@ -187,11 +201,11 @@ class StateStatsSettings(SourceSettings):
 class StateStats(Task):
     name = "state-stats"
     description = (
-        "Mamba-2 state per (layer, head) over positions: norm, moments, outliers, decay, "
+        "recurrent state per (layer, head) over positions: norm, moments, outliers, decay, "
         "first-token retention, collapse verdict"
     )
     table = "state_stats"
-    families = frozenset({"mamba2"})
+    families = frozenset({"mamba1", "mamba2", "rwkv6"})
     schema = pa.schema(
         [
             ("source", pa.string()),
@@ -235,17 +249,17 @@ class StateStats(Task):
         return params["length"]
 
     def run(self, model: LanguageModel, params: dict[str, Any], progress: Progress) -> list[dict]:
-        from harness.models.mamba2 import Mamba2LM
+        from harness.models.base import RecurrentLM
 
-        if not isinstance(model, Mamba2LM):
+        if not isinstance(model, RecurrentLM):
             raise TypeError(
-                f"state-stats reads the Mamba-2 state; {model.info.name} is a {model.info.family}"
+                f"state-stats reads a recurrent state; {model.info.name} is a {model.info.family}"
             )
         source = source_from(params)
         [doc] = documents(
             source, model.encode, params["length"], 1, params["short_docs"], model.eos_token_id
         )
-        recorder = StateRecorder(params["interval"], params["outlier_sigma"])
+        recorder = StateRecorder(params["interval"], params["outlier_sigma"], model.stat_heads)
         with observing(model, recorder):
             model.prefill(doc.ids, aligned_chunk(params["chunk"], params["interval"]), progress)
         records = sorted(recorder.records, key=lambda r: (r["layer"], r["head"], r["position"]))

@@ -125,7 +125,7 @@ def test_rri_stays_finite_where_dt_underflows_to_zero() -> None:
 def test_rri_identity_leaves_inputs_unchanged() -> None:
     inputs = random_inputs(50)
     out = RRI(a=1.0, b=1.0).hooks(model=None).transform_inputs(0, inputs)  # type: ignore[arg-type,union-attr]
-    assert out is not inputs and out.A is inputs.A and out.B is inputs.B and out.dt is inputs.dt
+    assert out.A is inputs.A and out.B is inputs.B and out.dt is inputs.dt
 
 
 class FakeModel:

@@ -1,14 +1,14 @@
-"""What the mitigations read from a Mamba-2 model: its shape, its scan, its states.
+"""What the mitigations read from a recurrent model (Mamba-2, Mamba-1, RWKV-6): its shape,
+its scan, its states.
 
-The one place that knows the engine's attributes (`Mamba2LM.module.config`, `.backend`,
-`.hooks`), so the mitigations themselves only speak in hooks.
+The one place that knows the families' attributes (`RecurrentLM.module.config`, `.scan`,
+`.hooks`), so the mitigations themselves only speak in hooks (harness/models/recurrence.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,43 +17,40 @@ from harness.mitigations.base import MitigationError
 from harness.models.recurrence import Hooks, ScanInputs, StateSnapshot
 
 if TYPE_CHECKING:
-    from harness.models.base import LanguageModel
-    from harness.models.mamba2.lm import Mamba2LM
+    from harness.models.base import LanguageModel, RecurrentLM
 
 ScanFn = Callable[[ScanInputs, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
 
 
-def mamba2(model: LanguageModel) -> Mamba2LM:
-    """`model` as a Mamba2LM, or a MitigationError naming the family it is."""
-    from harness.models.mamba2.lm import Mamba2LM
+def recurrent(model: LanguageModel) -> RecurrentLM:
+    """`model` as a RecurrentLM, or a MitigationError naming the family it is."""
+    from harness.models.base import RecurrentLM
 
-    if not isinstance(model, Mamba2LM):
+    if not isinstance(model, RecurrentLM):
         raise MitigationError(
-            f"this mitigation acts on Mamba-2 models; {model.info.name} is a {model.info.family}"
+            f"this mitigation acts on recurrent models; {model.info.name} is a {model.info.family}"
         )
     return model
 
 
 def layer_count(model: LanguageModel) -> int:
-    return mamba2(model).module.config.n_layer
+    return recurrent(model).module.config.n_layer
 
 
 def head_count(model: LanguageModel) -> int:
-    return mamba2(model).module.config.nheads
+    """Heads of the recurrence core per layer (Mamba-1: one per channel)."""
+    return recurrent(model).heads
 
 
 def scan_function(model: LanguageModel) -> ScanFn:
-    """The engine's scan dispatch with the model's backend and chunk size bound."""
-    from harness.models.mamba2.ssd import scan
-
-    lm = mamba2(model)
-    return partial(scan, backend=lm.backend, chunk_size=lm.module.config.chunk_size)
+    """The family's own scan, with the model's backend bound (Mamba-2)."""
+    return recurrent(model).scan
 
 
 @contextmanager
 def installed(model: LanguageModel, hooks: Hooks | None) -> Iterator[None]:
     """Run with `hooks` on the model, then put back whatever was there."""
-    lm = mamba2(model)
+    lm = recurrent(model)
     before = lm.hooks
     lm.hooks = hooks
     try:
@@ -64,7 +61,7 @@ def installed(model: LanguageModel, hooks: Hooks | None) -> Iterator[None]:
 
 @torch.inference_mode()
 def final_state_norms(model: LanguageModel, ids: list[int], under: Hooks | None) -> torch.Tensor:
-    """||h||_F per (layer, head) after feeding `ids` from the zero state, (n_layer, nheads).
+    """||h||_F per (layer, head) after feeding `ids` from the zero state, (n_layer, heads).
 
     `under` (or no hook) is installed for the run, with an observer added at the last token.
     """
@@ -85,15 +82,14 @@ def final_state_norms(model: LanguageModel, ids: list[int], under: Hooks | None)
 def calibration_decays(
     model: LanguageModel, ids: list[int], under: Hooks | None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, (dt (T, h), dt * A (T, h)) of the scan while feeding `ids` (T tokens) from the
-    zero state, as the scan saw them (after `under`'s input transforms)."""
+    """Per layer, (dt (T, h), dt * A (T, h) or (T, h, n)) of the scan while feeding `ids`
+    (T tokens) from the zero state, as the scan saw them (after `under`'s input transforms)."""
     found: list[tuple[torch.Tensor, torch.Tensor]] = [None] * layer_count(model)  # type: ignore[list-item]
 
     def observe(snapshot: StateSnapshot) -> None:
         if snapshot.position == len(ids):
-            dt = snapshot.dt[0].float()  # (T, h)
-            A = snapshot.A if snapshot.A.dim() == 1 else snapshot.A[0]  # (h,) or (T, h)
-            found[snapshot.layer] = (dt.cpu(), (dt * A.float()).cpu())
+            dt, dtA = snapshot.dt[0].float(), snapshot.log_alpha()[0].float()
+            found[snapshot.layer] = (dt.cpu(), dtA.cpu())
 
     base = under or Hooks()
     hooks = Hooks(transform_inputs=base.transform_inputs, observer=observe, interval=len(ids))

@@ -25,6 +25,10 @@ the state after any prefix is what the filter of that prefix gives, chunk by chu
 state carried exactly (loss by position stays defined). `length=N` is the paper's version for
 inputs of N tokens: every token is filtered with theta_h(N).
 
+Mamba-1 (a decay per channel and state entry, dt per channel): the heads are the channels, and
+a channel's retention over T is that of its slowest-decaying state entry (the longest memory
+it has; our choice, the official code's Mamba-1 selection was not checked).
+
 Defaults from the official code: c = 5e-2 (`--c`), q = 0.05 (its calibration `clampTop0.05`).
 Calibration inputs: the newline prompt at the training length, like state-norm. The retention
 of every head, the global mask and theta at 2T, 4T, 8T, 16T are in `artifacts()`.
@@ -65,8 +69,12 @@ class Thresholds:
 
     @classmethod
     def calibrate(cls, dt: torch.Tensor, dtA: torch.Tensor, c: float, q: float) -> Thresholds:
-        """dt, dt * A (T, h) of one layer on the calibration input."""
+        """dt (T, h), dt * A (T, h) or (T, h, n) of one layer on the calibration input; with a
+        decay per state entry (Mamba-1) a channel's retention is its slowest entry's."""
         import torch
+
+        if dtA.dim() == 3:
+            dtA = dtA.amax(-1)  # (T, h): the least negative log-decay of each channel
 
         top = max(1, int(dt.shape[0] * q))
         cap = dt.topk(top, dim=0).values.min(dim=0).values  # (h,) the top-q fraction's floor
@@ -94,7 +102,7 @@ class Thresholds:
 class LongMamba(Mitigation):
     name = "longmamba"
     description = "global heads take in only tokens with dt above a calibrated threshold"
-    families = frozenset({"mamba2"})
+    families = frozenset({"mamba1", "mamba2"})
     Settings = LongMambaSettings
 
     def validate(self) -> None:

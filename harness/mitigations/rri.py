@@ -6,6 +6,10 @@ alpha_t = exp(dt_t * A_t), so the extra decay goes into a per-token A:
 
     A'_t = A + log(a) / dt_t   =>   exp(dt_t * A'_t) = a * exp(dt_t * A) = a * alpha_t.
 
+The same on every family of the recurrence core (harness/models/recurrence.py): Mamba-2's
+decay per head, Mamba-1's per (channel, state entry), RWKV-6's w_t per key channel (dt = 1,
+so A' = log w_t + log a, i.e. w_t <- a w_t, and B = k: k_t <- b k_t, the insertion k^T v).
+
 A dt_t that underflowed to 0 (softplus of a very negative input) would make that 0 * inf = NaN,
 so dt is raised to the smallest normal float there: the token still decays by a, and inserts
 dt B x^T ~ 1e-38 B x^T instead of exactly nothing.
@@ -34,7 +38,7 @@ class RRISettings:
 class RRI(Mitigation):
     name = "rri"
     description = "forget more, remember less: alpha <- a*alpha, B <- b*B (paper: a=0.9999, b=0.75)"
-    families = frozenset({"mamba2"})
+    families = frozenset({"mamba1", "mamba2", "rwkv6"})
     Settings = RRISettings
 
     def validate(self) -> None:
@@ -52,12 +56,11 @@ class RRI(Mitigation):
     def transform(self, layer: int, inputs: ScanInputs) -> ScanInputs:
         """Scale alpha by a (through a per-token A, (b, l, h)) and B by b; 1 leaves it as is."""
         a, b = self.settings.a, self.settings.b
-        changes = {}
         if a != 1:
             import torch
 
             dt = inputs.dt.clamp_min(torch.finfo(inputs.dt.dtype).tiny)  # (b, l, h), > 0
-            changes |= {"dt": dt, "A": inputs.A + math.log(a) / dt}  # (h,) + (b, l, h)
+            inputs = inputs.with_(dt=dt).plus_log_decay(torch.full_like(dt, math.log(a)))
         if b != 1:
-            changes["B"] = inputs.B * b  # (b, l, g, n)
-        return inputs.with_(**changes)
+            inputs = inputs.with_(B=inputs.B * b)  # (b, l, g, n)
+        return inputs

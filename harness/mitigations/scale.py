@@ -50,7 +50,7 @@ class AScaleSettings:
 class LayerScale(Mitigation):
     """A scale per layer applied to one scan input; subclasses say which in `apply`."""
 
-    families = frozenset({"mamba2"})
+    families = frozenset({"mamba1", "mamba2"})
 
     def validate(self) -> None:
         _positive(self.name, "s", self.settings.s)

@@ -50,7 +50,7 @@ class StateNormSettings:
 class StateNorm(Mitigation):
     name = "state-norm"
     description = "every k tokens, h <- h * min(1, tau/||h||) per head, tau from a calibration"
-    families = frozenset({"mamba2"})
+    families = frozenset({"mamba1", "mamba2", "rwkv6"})
     Settings = StateNormSettings
     edits_state: ClassVar[bool] = True  # installs hooks.transform_state on the plain h
 

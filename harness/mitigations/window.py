@@ -25,7 +25,7 @@ class WindowSettings:
 class Window(Mitigation):
     name = "window"
     description = "sliding window by state difference: the state of the last r tokens only"
-    families = frozenset({"mamba2"})
+    families = frozenset({"mamba1", "mamba2", "rwkv6"})
     Settings = WindowSettings
     replaces_scan: ClassVar[bool] = True  # installs hooks.scans
 

@@ -13,10 +13,14 @@ the inputs of r tokens earlier, scaled by the retention they have accumulated si
     o_t = alpha_t o_{t-1} + alpha_{t-r:t} dtB_{t-r} x_{t-r}^T,
     alpha_{t-r:t} = exp(D_t),  D_t = sum_{t-r < j <= t} dt_j A_j   (a running sum, not a product).
 
-So y^(r) = scan(x, dt, A, B, C) - scan(x', dt, A, B', C) with the engine's own scan:
-B'_t = B_{t-r} (shared by the heads of a group) and, so that the scan's insertion
-dt_t B'_t x'_t^T is the delayed one, x'_t = x_{t-r} * dt_{t-r} / dt_t * exp(D_t) per head.
-Positions before the first token contribute zero. This is exact at every token, whatever the
+So y^(r) = scan(x, dt, A, B, C) - scan(x', dt, A, B', C) with the family's own scan, whose
+insertion dt_t B'_t x'_t^T must be the delayed one. With a decay per head (Mamba-2),
+B'_t = B_{t-r} (shared by the heads of a group) and x'_t = x_{t-r} * dt_{t-r} / dt_t * exp(D_t);
+with a decay per state entry (Mamba-1, RWKV-6) D_t is per (head, entry), so the retention goes
+into B instead: B'_t = B_{t-r} * exp(D_t) per head and x'_t = x_{t-r} * dt_{t-r} / dt_t.
+Positions before the first token contribute zero. The same holds for a scan that reads the
+state before the current token (RWKV's): both scans do, and the difference is then the state
+of the r tokens before t. This is exact at every token, whatever the
 chunking, and costs two scans plus O(length) bookkeeping:
 
 - D_t is carried as a float64 running sum, D_t = D_{t-1} + dt_t A_t - dt_{t-r} A_{t-r}, so its
@@ -72,7 +76,7 @@ class Piece:
     start: int  # absolute position of the first token
     dtx: torch.Tensor  # (b, l, h, p) dt_i * x_i
     B: torch.Tensor  # (b, l, g, n)
-    dtA: torch.Tensor  # (b, l, h) float64, dt_i * A_i = log alpha_i
+    dtA: torch.Tensor  # (b, l, h) or (b, l, h, n) float64, dt_i * A_i = log alpha_i
 
     @property
     def end(self) -> int:
@@ -90,7 +94,7 @@ class WindowState:
 
     h: torch.Tensor | None = None  # (b, h, p, n) plain state h_t; None = zero
     old: torch.Tensor | None = None  # (b, h, p, n) o_t, the part older than r; None = zero
-    log_decay: torch.Tensor | None = None  # (b, h) float64, D_t = log alpha_{t-r:t}
+    log_decay: torch.Tensor | None = None  # (b, h) or (b, h, n) float64, D_t = log alpha_{t-r:t}
     fresh: torch.Tensor | None = None  # (b, h, p, n) scan of the tokens since the last restart
     pieces: tuple[Piece, ...] = field(default=())  # inputs of the tokens o has yet to take in
 
@@ -152,15 +156,22 @@ class WindowScan:
             log_decay = _add(state.log_decay, current.dtA.sum(1))
             return y, replace(state, h=h, log_decay=log_decay, pieces=pieces)
         delayed = _gather(pieces, first, length, current)
-        # D_t for each t of this piece: D_{t-1} + dt_t A_t - dt_{t-r} A_{t-r}, (b, l, h) float64
+        # D_t for each t of this piece: D_{t-1} + dt_t A_t - dt_{t-r} A_{t-r}, float64,
+        # (b, l, h) or (b, l, h, n)
         log_decay = torch.cumsum(current.dtA - delayed.dtA, dim=1)
         if state.log_decay is not None:
             log_decay = log_decay + state.log_decay[:, None]
         dt = inputs.dt.clamp_min(torch.finfo(inputs.dt.dtype).tiny)  # (b, l, h)
         retention = torch.exp(log_decay.masked_fill(log_decay < NEGLIGIBLE, -torch.inf))
-        scale = retention.to(dt.dtype) / dt  # exp(D_t) / dt_t
-        x_old = delayed.dtx * scale[..., None]  # (b, l, h, p)
-        y_old, old = self.scan(inputs.with_(x=x_old, B=delayed.B), state.old)
+        retention = retention.to(dt.dtype)
+        if inputs.per_entry:  # exp(D_t) per (head, entry) into B', dt_{t-r} / dt_t into x'
+            heads = inputs.x.shape[2]
+            B_old = delayed.B.repeat_interleave(heads // delayed.B.shape[2], dim=2) * retention
+            x_old = delayed.dtx / dt[..., None]  # (b, l, h, p)
+        else:  # exp(D_t) / dt_t per head into x'
+            B_old = delayed.B
+            x_old = delayed.dtx * (retention / dt)[..., None]  # (b, l, h, p)
+        y_old, old = self.scan(inputs.with_(x=x_old, B=B_old), state.old)
         kept = tuple(p for p in pieces if p.end > first + length)
         return y - y_old, replace(state, h=h, old=old, log_decay=log_decay[:, -1], pieces=kept)
 
@@ -171,7 +182,7 @@ def _piece(inputs: ScanInputs) -> Piece:
         start=inputs.start,
         dtx=inputs.x * dt[..., None],  # (b, l, h, p)
         B=inputs.B.clone(),  # a view of the mixer's whole [x, B, C]: keep B only
-        dtA=(dt * inputs.A).double(),  # A (h,) or (b, l, h)
+        dtA=inputs.log_alpha().double(),  # (b, l, h) or (b, l, h, n)
     )
 
 
@@ -185,21 +196,7 @@ def _split(inputs: ScanInputs, block: int, r: int) -> list[ScanInputs]:
     if len(cuts) == 2:
         return [inputs]
 
-    def cut(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return t[:, lo:hi]
-
-    return [
-        ScanInputs(
-            x=cut(inputs.x, lo, hi),
-            dt=cut(inputs.dt, lo, hi),
-            A=inputs.A if inputs.A.dim() == 1 else cut(inputs.A, lo, hi),  # (h,) or (b, l, h)
-            B=cut(inputs.B, lo, hi),
-            C=cut(inputs.C, lo, hi),
-            start=start + lo,
-        )
-        for lo, hi in itertools.pairwise(cuts)
-        if lo < hi
-    ]
+    return [inputs.piece(lo, hi) for lo, hi in itertools.pairwise(cuts) if lo < hi]
 
 
 def _gather(pieces: tuple[Piece, ...], first: int, length: int, like: Piece) -> Piece:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from harness.models.recurrence import Hooks
+    from harness.models.recurrence import Hooks, Scan
     from harness.models.tokenizer import TextCodec
 
 Progress = Callable[[int], None]  # told the number of tokens of each chunk as it goes in
@@ -204,6 +204,22 @@ class RecurrentLM(LanguageModel):
 
     def init_state(self, batch: int = 1) -> State:
         return self.module.init_state(batch)
+
+    @property
+    def heads(self) -> int:
+        """Heads of the recurrence core per layer (Mamba-1: one per channel)."""
+        return self.module.heads
+
+    @property
+    def stat_heads(self) -> int:
+        """How many groups state statistics divide a layer's state into: the heads, or for
+        Mamba-1 the whole layer (its channels are thousands of tiny states)."""
+        return self.module.stat_heads
+
+    @property
+    def scan(self) -> Scan:
+        """The family's own scan: (inputs, h) -> (y, h)."""
+        return self.module.scan
 
     def call(self, ids: torch.Tensor, state: State, last_only: bool) -> tuple[torch.Tensor, State]:
         """The module on ids (b, l): logits (b, l or 1, vocab) float32 and the new state."""

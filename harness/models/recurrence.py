@@ -93,11 +93,8 @@ class StateSnapshot:
     A: torch.Tensor  # as scanned: (h,), (b, l, h), (h, n) or (b, l, h, n)
 
     def log_alpha(self) -> torch.Tensor:
-        """Per token and head, log alpha (b, l, h); with a decay per state entry, its mean over
-        the entries (the log of their geometric mean)."""
-        if self.A.dim() in (2, 4):
-            return (self.dt[..., None] * self.A).mean(-1)
-        return self.dt * self.A
+        """dt_t A_t of the interval: (b, l, h), or (b, l, h, n) with a decay per state entry."""
+        return (self.dt[..., None] if self.A.dim() in (2, 4) else self.dt) * self.A
 
     def stats(self) -> dict[str, torch.Tensor]:
         """Per (batch, head) statistics of the state, each (b, h)."""

@@ -146,6 +146,13 @@ class Mamba1(nn.Module):
             mixer.D.fill_(1.0)
             mixer.out_proj.weight.div_(math.sqrt(self.config.n_layer))
 
+    scan = staticmethod(diagonal_scan)  # the recurrence core's scan, a decay per state entry
+    stat_heads = 1  # state statistics take a layer's d_inner x d_state state as one
+
+    @property
+    def heads(self) -> int:
+        return self.config.d_inner  # one head of the core per channel
+
     def init_state(self, batch: int = 1) -> Mamba1State:
         c, weight = self.config, self.embedding.weight
         conv = [weight.new_zeros(batch, c.d_inner, c.d_conv - 1) for _ in range(c.n_layer)]

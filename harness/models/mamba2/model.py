@@ -198,6 +198,14 @@ class Mamba2(nn.Module):
             block.mixer.out_proj.to(dtype)
         return self
 
+    @property
+    def heads(self) -> int:
+        return self.config.nheads
+
+    @property
+    def stat_heads(self) -> int:
+        return self.config.nheads
+
     def init_state(self, batch: int = 1) -> Mamba2State:
         c, weight = self.config, self.embedding.weight
         conv = [

@@ -203,6 +203,18 @@ class Rwkv6(nn.Module):
         self.ln_out = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
+    @staticmethod
+    def scan(inputs: ScanInputs, h0: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        return exclusive_scan(inputs, h0)
+
+    @property
+    def heads(self) -> int:
+        return self.config.n_head
+
+    @property
+    def stat_heads(self) -> int:
+        return self.config.n_head
+
     def init_state(self, batch: int = 1) -> Rwkv6State:
         c, weight = self.config, self.emb.weight
         shift = [weight.new_zeros(batch, c.d_model) for _ in range(c.n_layer)]
