@@ -207,7 +207,9 @@ def write(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a Mamba-2 or Mamba-1: catalog name, folder or hub id")
+    parser.add_argument(
+        "--model", required=True, help="a Mamba-2 or Mamba-1: catalog name, folder or hub id"
+    )
     parser.add_argument("--mitigation", required=True, choices=KINDS, help="which input to scale")
     parser.add_argument("--length", required=True, help="target length L in tokens: 8192, 8k")
     parser.add_argument(

@@ -276,9 +276,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         check_absolute_sources(tasks, settings.name)
     elif any(m.family == "mamba2" for m in models):
         check_backend(args.backend, device)
-    plan = build_plan(
-        models, mitigations, tasks, args.dtype, strict=not (embedded and args.mitigations is None)
-    )
+    plan = build_plan(models, mitigations, tasks, args.dtype)
     check_names(plan, args.out)
     config = RunConfig(
         out=args.out,
@@ -291,6 +289,10 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         command=["harness", *argv],
     )
     driver = Driver(plan, config, settings)
+    if plan.skipped:
+        console.print(
+            f"not applicable, skipped: {', '.join(plan.skipped)}", markup=False, soft_wrap=True
+        )
     if args.dry_run:
         print(driver.describe_jobs())
         return 0

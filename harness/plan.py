@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -284,44 +285,56 @@ class Plan:
     mitigations: list[Mitigation]
     tasks: list[Task]
     units: list[Unit]
+    skipped: list[str]  # "<mitigation or task> on <model> (<family>)": pairs that do not apply
 
 
 def build_plan(
-    models: list[ModelSource],
-    mitigations: list[Mitigation],
-    tasks: list[Task],
-    dtype: str,
-    strict: bool = True,
+    models: list[ModelSource], mitigations: list[Mitigation], tasks: list[Task], dtype: str
 ) -> Plan:
-    """Every (model, mitigation, task unit). A mitigation that does not apply to a model's
-    family is refused (UsageError), or skipped for that model when `strict` is False."""
-    for model in models:
+    """Every (model, mitigation, task unit) that applies. A mitigation or task that applies to
+    none of the models (or a task to none of the mitigations) is refused (UsageError); in a
+    run of several families or mitigations, the combinations that do not apply are skipped and
+    listed in `skipped` (e.g. rri beside a transformer, state-stats under window)."""
+    for what in (*mitigations, *tasks):
+        if not any(model.family in what.families for model in models):
+            kind, name = (
+                ("mitigation", what.spec) if isinstance(what, Mitigation) else ("task", what.name)
+            )
+            found = ", ".join(f"{m.name} (family {m.family})" for m in models)
+            raise UsageError(
+                f"{kind} {name!r} does not apply to {found}; it applies to: "
+                + ", ".join(sorted(what.families))
+            )
+    for task in tasks:
+        if task.reads_state and all(m.replaces_scan for m in mitigations):
+            raise UsageError(
+                f"task {task.name!r} reads the plain state h, which "
+                f"{', '.join(m.spec for m in mitigations)} replaces; run it with a mitigation "
+                "that keeps the scan (none, rri, state-norm...)"
+            )
         for mitigation in mitigations:
-            if strict and model.family not in mitigation.families:
+            if mitigation.strategy() is not None and not task.prompt_parts:
                 raise UsageError(
-                    f"mitigation {mitigation.spec!r} does not apply to {model.name} "
-                    f"(family {model.family}); it applies to: "
-                    + ", ".join(sorted(mitigation.families))
+                    f"mitigation {mitigation.spec!r} is an inference strategy that splits a "
+                    f"prompt's context; task {task.name!r} scores one whole sequence, so it "
+                    "cannot serve it (tasks that can: passkey)"
                 )
-        for task in tasks:
-            for mitigation in mitigations:
-                if mitigation.strategy() is not None and not task.prompt_parts:
-                    raise UsageError(
-                        f"mitigation {mitigation.spec!r} is an inference strategy that splits a "
-                        f"prompt's context; task {task.name!r} scores one whole sequence, so it "
-                        "cannot serve it (tasks that can: passkey)"
-                    )
-            if model.family not in task.families:
-                raise UsageError(
-                    f"task {task.name!r} does not apply to {model.name} (family {model.family}); "
-                    f"it applies to: {', '.join(sorted(task.families))}"
-                )
-    units = [
-        Unit(task, model, mitigation, params, dtype)
-        for model in models
-        for mitigation in mitigations
-        if model.family in mitigation.families
-        for task in tasks
-        for params in task.units()
-    ]
-    return Plan(models, mitigations, tasks, units)
+    units, skipped = [], []
+    for model, mitigation, task in itertools.product(models, mitigations, tasks):
+        reason = _not_applicable(model, mitigation, task)
+        if reason is None:
+            units += [Unit(task, model, mitigation, params, dtype) for params in task.units()]
+        elif reason not in skipped:
+            skipped.append(reason)
+    return Plan(models, mitigations, tasks, units, skipped)
+
+
+def _not_applicable(model: ModelSource, mitigation: Mitigation, task: Task) -> str | None:
+    """Why this combination is not run, or None when it is."""
+    if model.family not in mitigation.families:
+        return f"{mitigation.spec} on {model.name} ({model.family})"
+    if model.family not in task.families:
+        return f"{task.name} on {model.name} ({model.family})"
+    if task.reads_state and mitigation.replaces_scan:
+        return f"{task.name} under {mitigation.spec}"
+    return None

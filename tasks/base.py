@@ -47,6 +47,7 @@ class Task(ABC):
     prompt_parts: ClassVar[bool] = (
         False  # builds PromptParts (an inference strategy may split them)
     )
+    reads_state: ClassVar[bool] = False  # observes the plain state h (not under window)
     # What `--option <task>.key=value` sets: a frozen dataclass (harness.settings).
     Settings: ClassVar[type] = NoSettings
 

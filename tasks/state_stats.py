@@ -206,6 +206,7 @@ class StateStats(Task):
     )
     table = "state_stats"
     families = frozenset({"mamba1", "mamba2", "rwkv6"})
+    reads_state = True
     schema = pa.schema(
         [
             ("source", pa.string()),

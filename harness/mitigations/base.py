@@ -28,6 +28,7 @@ class Mitigation(ABC):
     description: ClassVar[str]
     families: ClassVar[frozenset[str]]  # model families it applies to
     Settings: ClassVar[type] = NoSettings  # a frozen dataclass of its parameters (harness.settings)
+    replaces_scan: ClassVar[bool] = False  # installs hooks.scans: the state is not the plain h
 
     def __init__(self, **params: Any) -> None:
         try:

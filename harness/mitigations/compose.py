@@ -60,6 +60,10 @@ class Composite(Mitigation):
     def spec(self) -> str:
         return "+".join(part.spec for part in self.parts)
 
+    @property
+    def replaces_scan(self) -> bool:  # type: ignore[override]
+        return any(part.replaces_scan for part in self.parts)
+
     def hooks(self, model: LanguageModel) -> Hooks | None:
         merged: Hooks | None = None
         for part in self.parts:
@@ -99,7 +103,7 @@ def check_composable(parts: Sequence[Mitigation]) -> None:
         raise MitigationError(
             f"{written}: {', '.join(twice)} appears twice; give its parameters once"
         )
-    scans = [part.name for part in parts if getattr(part, "replaces_scan", False)]
+    scans = [part.name for part in parts if part.replaces_scan]
     states = [part.name for part in parts if getattr(part, "edits_state", False)]
     if len(scans) > 1:
         raise MitigationError(f"{written}: {' and '.join(scans)} both replace the scan; keep one")

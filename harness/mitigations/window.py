@@ -7,7 +7,7 @@ The paper's method 3, exact at every token whatever the chunking, O(length): the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from harness.mitigations.base import Mitigation, MitigationError
 from harness.settings import setting
@@ -27,7 +27,7 @@ class Window(Mitigation):
     description = "sliding window by state difference: the state of the last r tokens only"
     families = frozenset({"mamba1", "mamba2", "rwkv6"})
     Settings = WindowSettings
-    replaces_scan: ClassVar[bool] = True  # installs hooks.scans
+    replaces_scan = True
 
     def validate(self) -> None:
         r = self.settings.r

@@ -190,4 +190,6 @@ PEER_SETS: dict[str, tuple[str, ...]] = {
     "pile-1b": ("pythia-1b", "mamba-790m", "mamba2-780m"),
     "pile-1.4b": ("pythia-1.4b", "mamba-1.4b", "mamba2-1.3b"),
     "pile-2.8b": ("pythia-2.8b", "mamba-2.8b", "mamba2-2.7b"),
+    # every family at toy size, random weights, bytes: the offline stand-in of a peer set
+    "tiny": ("tiny-pythia", "tiny-mamba1", "tiny-mamba2", "tiny-rwkv6"),
 }

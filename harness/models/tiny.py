@@ -34,6 +34,15 @@ MAMBA2_SETTINGS: dict[str, Any] = {
     "headdim": 16,
     "chunk_size": 64,
 }
+MAMBA1_SETTINGS: dict[str, Any] = {"d_model": 64, "n_layer": 2, "d_state": 16}
+RWKV6_SETTINGS: dict[str, Any] = {
+    "d_model": 64,
+    "n_layer": 2,
+    "head_size": 16,
+    "d_mix": 8,
+    "d_decay": 16,
+    "init": "normal 0.2; time_decay uniform(-4, 1); norms 1",
+}
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,49 @@ def build_tiny_mamba2(device: str, dtype: torch.dtype, backend: str) -> Language
     return Mamba2LM(module, tokenizer, info, backend=backend)
 
 
+def build_tiny_mamba1(device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
+    import torch
+
+    from harness.models.base import RecurrentLM
+    from harness.models.mamba1 import Mamba1, Mamba1Config
+    from harness.models.tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = Mamba1Config(vocab_size=len(tokenizer), **MAMBA1_SETTINGS)
+    torch.manual_seed(SEED)
+    module = Mamba1(config).to(device=device, dtype=dtype)
+    info = _info("tiny-mamba1", "mamba1", module, dtype, device, "torch", config.state_size)
+    return RecurrentLM(module, tokenizer, info)
+
+
+def build_tiny_rwkv6(device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
+    """RWKV-6 builds its parameters as zeros (checkpoints fill them): here they are drawn from
+    a normal of std 0.2, the decays d from U(-4, 1) (w = exp(-exp(d)): slow to fast channels),
+    the norms' weights 1."""
+    import torch
+
+    from harness.models.base import RecurrentLM
+    from harness.models.rwkv6 import Rwkv6, Rwkv6Config
+    from harness.models.tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    shape = {k: v for k, v in RWKV6_SETTINGS.items() if k != "init"}
+    config = Rwkv6Config(vocab_size=len(tokenizer), **shape)
+    torch.manual_seed(SEED)
+    module = Rwkv6(config)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("time_decay"):
+                p.uniform_(-4, 1)
+            elif "ln" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0, 0.2)
+    module = module.to(device=device, dtype=dtype)
+    info = _info("tiny-rwkv6", "rwkv6", module, dtype, device, "torch", config.state_size)
+    return RecurrentLM(module, tokenizer, info)
+
+
 TINY_MODELS: dict[str, TinyModel] = {
     "tiny-mamba2": TinyModel(
         "mamba2",
@@ -117,6 +169,24 @@ TINY_MODELS: dict[str, TinyModel] = {
         {**MAMBA2_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
         params=78192,
         state_size=8192,
+        peer="tiny-pythia",
+    ),
+    "tiny-mamba1": TinyModel(
+        "mamba1",
+        "Mamba-1, 2 layers, d_model 64, random (seed 0), bytes",
+        build_tiny_mamba1,
+        {**MAMBA1_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
+        params=82368,
+        state_size=4096,
+        peer="tiny-pythia",
+    ),
+    "tiny-rwkv6": TinyModel(
+        "rwkv6",
+        "RWKV-6, 2 layers, d_model 64, random (seed 0), bytes",
+        build_tiny_rwkv6,
+        {**RWKV6_SETTINGS, "seed": SEED, "tokenizer": "bytes"},
+        params=156032,
+        state_size=2048,
         peer="tiny-pythia",
     ),
     "tiny-pythia": TinyModel(
