@@ -285,7 +285,7 @@ class Plan:
     mitigations: list[Mitigation]
     tasks: list[Task]
     units: list[Unit]
-    skipped: list[str]  # "<mitigation or task> on <model> (<family>)": pairs that do not apply
+    skipped: list[str] = field(default_factory=list)  # combinations that do not apply, named
 
 
 def build_plan(
