@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.recurrence import ScanInputs
 from harness.models.mamba2.ssd import (
     BackendError,
     recurrent_step,
@@ -15,6 +14,7 @@ from harness.models.mamba2.ssd import (
     ssd_scan,
     ssd_scan_chunks,
 )
+from harness.models.recurrence import ScanInputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
