@@ -151,3 +151,31 @@ def test_harness_passkey_through_lm_eval_equals_passkey_with_and_without_oprm(
     assert len(expected) == 4
     assert main(["run", *args, "--tasks", "lm-eval:harness_perplexity"]) == 2  # scores sequences
     assert "inference strategy" in capsys.readouterr().err
+
+
+def test_transformer_unit_equals_lm_evals_hf_backend(neox_dir: Path) -> None:
+    """For a transformers checkpoint, a unit generates what lm-eval's own `hf` backend
+    generates for the same task and documents."""
+    out = neox_dir.parent / "hf-unit"
+    args = ["--models", str(neox_dir), "--tasks", "lm-eval:niah_single_1", "--lengths", "512"]
+    assert main(["run", *args, "--samples", "2", "--out", str(out)]) == 0
+    rows = read_table(out, "lm_eval").to_pylist()
+    model_args = {"pretrained": str(neox_dir), "max_length": 1024, "device": "cpu"}
+    manager = TaskManager(
+        include_path=str(RULER),
+        include_defaults=False,
+        metadata=model_args | {"max_seq_lengths": [512]},
+    )
+    found = simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=["niah_single_1"],
+        task_manager=manager,
+        limit=2,
+        bootstrap_iters=0,
+        log_samples=True,
+    )
+    assert found is not None
+    hf = {s["doc_id"]: s["filtered_resps"][0] for s in found["samples"]["niah_single_1"]}
+    assert {r["doc_id"]: r["output"] for r in rows} == hf
+    assert all(r["output"] for r in rows)  # something was generated to compare
