@@ -81,7 +81,7 @@ class LmEvalTask(Task):
             depths = list(o.depths) if o.depths is not None else None
             base = {**base, "limit": None, "samples": o.samples, "depths": depths}
         if not self.info.takes_lengths:
-            return [base]  # no `length`: the runner's length-ordered series skip such units
+            return [base]  # no `length`: the runner orders and sizes it as length 0
         return [{**base, "length": n} for n in (o.lengths or (4096,))]
 
     def cost(self, params: dict[str, Any]) -> int:
@@ -99,7 +99,7 @@ class LmEvalTask(Task):
 
     def summary(self, rows: list[dict[str, Any]]) -> str:
         """The mean of the unit's main metric over its documents."""
-        metric = main_metric(rows[0]["metrics"], rows[0]["length"]) if rows else None
+        metric = main_metric(list(dict(rows[0]["metrics"])), rows[0]["length"]) if rows else None
         if metric is None:
             return f"{len(rows)} docs"
         values = [dict(r["metrics"])[metric] for r in rows]
@@ -107,12 +107,13 @@ class LmEvalTask(Task):
         return f"{named}{sum(values) / len(values):.2f} ({len(rows)} docs)"
 
 
-def main_metric(metrics: Any, length: int | None) -> str | None:
-    """The metric a unit is ranked by: the one named by its length (lm-eval's RULER
-    convention), else the first numeric one."""
-    names = [k for k, _ in metrics] if isinstance(metrics, list) else list(metrics or {})
+def main_metric(names: list[str], length: int | None) -> str | None:
+    """The metric a document is scored by (the run summary, the leaderboard): the one named
+    by its length (lm-eval's RULER convention), else `acc`, else the first numeric one."""
     if length is not None and str(length) in names:
         return str(length)
+    if "acc" in names:
+        return "acc"
     return names[0] if names else None
 
 

@@ -10,7 +10,6 @@ for every task whose metric aggregates by mean (acc, exact_match...).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import matplotlib
@@ -20,19 +19,10 @@ from matplotlib.figure import Figure
 from harness.leaderboard.columns import LM_EVAL, MITIGATION, MODEL, ROW
 from harness.leaderboard.figures import LINE_STYLES, MARKERS, Plot, to_png, token_axis
 from harness.leaderboard.tables import records_frame, token_label
+from tasks.lm_eval_task import main_metric
 
 SCORE, DOCS = "lm_", "lmn_"  # main-table columns: lm_<task>@<L> (score), lmn_<task>@<L> (docs)
 FIGURE = "lm-eval-"  # figure file stems: lm-eval-<task>
-
-
-def main_metric(metrics: Any, length: float) -> str | None:
-    """The metric a document is scored by (see the module's docstring)."""
-    names = [name for name, _ in metrics] if metrics is not None else []
-    if not math.isnan(length) and str(int(length)) in names:
-        return str(int(length))
-    if "acc" in names:
-        return "acc"
-    return names[0] if names else None
 
 
 def scores(rows: pd.DataFrame) -> pd.DataFrame:
@@ -43,7 +33,8 @@ def scores(rows: pd.DataFrame) -> pd.DataFrame:
         values = []
         metric = None
         for found, size in zip(unit[metrics], unit[length], strict=True):
-            metric = main_metric(found, float(size) if pd.notna(size) else math.nan)
+            names = [name for name, _ in found] if found is not None else []
+            metric = main_metric(names, int(size) if pd.notna(size) else None)
             if metric is not None:
                 values.append(dict(found)[metric])
         if values:
