@@ -59,25 +59,26 @@ def test_gradient_matches_finite_differences(model) -> None:
         assert theta.grad[layer].item() == pytest.approx(numeric, abs=1e-5)
 
 
-def test_cli_writes_a_file_that_dt_scale_reads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["tiny-mamba2", "tiny-mamba1"])
+def test_cli_writes_a_file_that_dt_scale_reads(name: str, tmp_path: Path) -> None:
     data = tmp_path / "calib.txt"
     data.write_text(TEXT)
     out = tmp_path / "scales.json"
-    argv = ["calibrate", "--model", "tiny-mamba2", "--mitigation", "dt-scale", "--length", "600"]
+    argv = ["calibrate", "--model", name, "--mitigation", "dt-scale", "--length", "600"]
     code = main([*argv, "--data", str(data), "--steps", "2", "--out", str(out)])
     assert code == 0
     record = json.loads(out.read_text())
     assert len(record["scales"]) == 2 and record["calibration"]["method"] == "zo"
     assert record["calibration"]["model_id"]
     # the loss the file claims, recomputed through the mitigation that reads the file
-    model = TINY_MODELS["tiny-mamba2"].build("cpu", torch.float32, "torch")
+    model = TINY_MODELS[name].build("cpu", torch.float32, "torch")
     model.hooks = parse_mitigation(f"dt-scale:file={out}").hooks(model)
     ids = torch.tensor(model.encode(TEXT)[:600])
     assert float(model.token_losses(ids).mean()) == pytest.approx(
         record["calibration"]["final_loss"], abs=1e-5
     )
     results = tmp_path / "results"
-    code = main(["run", "--models", "tiny-mamba2", "--mitigations", f"dt-scale:file={out}",
+    code = main(["run", "--models", name, "--mitigations", f"dt-scale:file={out}",
                  "--tasks", "perplexity", "--lengths", "600",
                  "--option", f"perplexity.source={data}", "--out", str(results)])  # fmt: skip
     assert code == 0
@@ -86,7 +87,8 @@ def test_cli_writes_a_file_that_dt_scale_reads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "tiny-pythia"], "Mamba-2"),
+        (["--model", "tiny-pythia"], "Mamba-2 and Mamba-1; tiny-pythia is a transformer"),
+        (["--model", "tiny-rwkv6"], "Mamba-2 and Mamba-1; tiny-rwkv6 is a rwkv6"),
         (["--length", "1k,2k"], "one length"),
         (["--steps", "0"], "--steps"),
         (["--data", "/nonexistent/text.txt"], "--data"),
