@@ -27,6 +27,7 @@ def card_number(card: str, label: str) -> int:
 def test_the_bundled_models_are_there_and_small() -> None:
     names = {p.name for p in MODELS}
     assert {"mamba2-bytes-320", "mamba2-bytes-320-tbptt-1280", "neox-bytes-320"} <= names
+    assert {"mamba1-bytes-320", "rwkv6-bytes-320"} <= names
     assert sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file()) < MAX_BYTES
 
 
