@@ -126,14 +126,15 @@ class Mixer(nn.Module):
         """xBC (b, l, conv_dim) -> silu(conv) (b, l, conv_dim) and the last d_conv - 1 inputs.
 
         out_t = bias + sum_j w_j in_{t - k + 1 + j}, one tap at a time over the channels-last
-        window (depthwise F.conv1d is slow on CPU, worst for single tokens)."""
+        window (depthwise F.conv1d is slow on CPU, worst for single tokens); each tap's weights
+        contiguous (a strided one makes every pass several times slower)."""
         l, k = xBC.shape[1], self.config.d_conv
         window = torch.cat([conv_state.transpose(1, 2), xBC], dim=1)  # (b, k - 1 + l, conv_dim)
-        w = self.conv1d.weight[:, 0]  # (conv_dim, k)
-        bias = self.conv1d.bias if self.conv1d.bias is not None else w.new_zeros(w.shape[0])
-        out = torch.addcmul(bias, w[:, 0], window[:, :l])
+        w = self.conv1d.weight[:, 0].t().contiguous()  # (k, conv_dim)
+        bias = self.conv1d.bias if self.conv1d.bias is not None else w.new_zeros(w.shape[1])
+        out = torch.addcmul(bias, w[0], window[:, :l])
         for j in range(1, k):
-            out.addcmul_(w[:, j], window[:, j : j + l])
+            out.addcmul_(w[j], window[:, j : j + l])
         # the state is a copy, so that it does not keep the whole window alive
         return F.silu(out), window[:, l:].transpose(1, 2).clone(
             memory_format=torch.contiguous_format

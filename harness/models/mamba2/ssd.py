@@ -25,15 +25,18 @@ ssd_minimal does, so a piece of up to piece_chunks chunks takes a fixed number o
 from __future__ import annotations
 
 import itertools
+import math
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 from harness.models.recurrence import ScanInputs
 
 BACKENDS = ("auto", "torch", "triton")
 TORCH_CHUNK = 64  # tokens per chunk of ssd_scan in the torch backend
 NEGLIGIBLE = -60.0  # log of a decay that counts as zero (exp(-60) ~ 1e-26)
+SMALLEST_DECAY = math.exp(NEGLIGIBLE)  # float32 rounds it up: a threshold keeps what is above
 
 
 class BackendError(ValueError):
@@ -56,49 +59,63 @@ def ssd_scan(
     log_alpha = dt * A  # (b, l, h)
     dtx = x * dt[..., None]  # (b, l, h, p): the insertion is (dt x) B^T
     state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state
+    x_head = dtx.transpose(1, 2).contiguous()  # (b, h, l, p): a chunk's heads as matrices
     y = torch.empty_like(x)
     for start in range(0, l, chunk_size):
         end = min(start + chunk_size, l)
         y[:, start:end], state = _chunk(
-            dtx[:, start:end], log_alpha[:, start:end], B[:, start:end], C[:, start:end], state
+            dtx[:, start:end],
+            x_head[:, :, start:end],
+            log_alpha[:, start:end],
+            B[:, start:end],
+            C[:, start:end],
+            state,
         )
     return y, state
 
 
 def _chunk(
-    dtx: torch.Tensor, log_alpha: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h0: torch.Tensor
+    dtx: torch.Tensor,
+    x_head: torch.Tensor,
+    log_alpha: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of L tokens. Heads are laid out as (g, r): r = h / g heads share B and C.
 
-    dtx (b, L, h, p), log_alpha (b, L, h), B and C (b, L, g, n), h0 (b, h, p, n)
-    -> y (b, L, h, p), h_L (b, h, p, n).
+    dtx (b, L, h, p) and the same head-major, x_head (b, h, L, p); log_alpha (b, L, h), B and
+    C (b, L, g, n), h0 (b, h, p, n) -> y (b, L, h, p), h_L (b, h, p, n).
     """
     b, L, h, p = dtx.shape
     g, n = B.shape[-2:]
     r = h // g
-    cum = log_alpha.cumsum(1).view(b, L, g, r)  # cum_t
+    cum = log_alpha.cumsum(1)  # (b, L, h): cum_t
+    exp_cum = _exp(cum).view(b, L, g, r)  # exp(cum_t): decay from the chunk's start
     B = B.transpose(1, 2)  # (b, g, L, n)
     C = C.transpose(1, 2)  # (b, g, L, n)
 
-    # within the chunk, per head: decay[t, s] = exp(cum_t - cum_s) for s <= t, else 0
-    cum_head = cum.permute(0, 2, 3, 1)  # (b, g, r, L)
+    # within the chunk, per head: decay[t, s] = exp(cum_t - cum_s) for s <= t, else 0. Cheap
+    # passes only: the exponent clamped to [NEGLIGIBLE, 0] (exp is several times slower on
+    # -inf and on what underflows), the decays at exp(NEGLIGIBLE) set to 0 by a threshold,
+    # the future (s > t) zeroed in the scores that every head's decay is multiplied by
+    cum_head = cum.transpose(1, 2).reshape(b, g, r, L)
     segment = cum_head[..., :, None] - cum_head[..., None, :]  # (b, g, r, L, L)
-    zero = _above_diagonal(L, dtx.device) | (segment < NEGLIGIBLE)  # see _exp
-    decay = torch.exp(segment.masked_fill_(zero, -torch.inf))
-    scores = C @ B.transpose(-1, -2)  # (b, g, L, L): C_t . B_s, shared by the group's heads
-    x_head = dtx.view(b, L, g, r, p).permute(0, 2, 3, 1, 4)  # (b, g, r, L, p)
-    y_diag = (decay * scores[:, :, None]) @ x_head  # (b, g, r, L, p)
+    decay = F.threshold(torch.exp(segment.clamp_(NEGLIGIBLE, 0.0)), SMALLEST_DECAY, 0.0)
+    scores = (C @ B.transpose(-1, -2)).tril_()  # (b, g, L, L): C_t . B_s for s <= t, else 0
+    y_diag = (decay * scores[:, :, None]) @ x_head.view(b, g, r, L, p)  # (b, g, r, L, p)
 
     # from the state carried in: exp(cum_t) C_t h_0, one product per group over its r heads
     h0 = h0.reshape(b, g, r * p, n)
     y_state = (C @ h0.transpose(-1, -2)).view(b, g, L, r, p)  # (b, g, L, r, p)
-    y = torch.addcmul(y_diag.permute(0, 3, 1, 2, 4), y_state.transpose(1, 2), _exp(cum)[..., None])
+    y = torch.addcmul(y_diag.permute(0, 3, 1, 2, 4), y_state.transpose(1, 2), exp_cum[..., None])
 
-    # the state carried out: exp(cum_L) h_0 + sum_s exp(cum_L - cum_s) (dt x)_s B_s^T
-    to_end = _exp(cum[:, -1:] - cum)  # (b, L, g, r): retention from s to the chunk end
+    # the state carried out: exp(cum_L) h_0 + sum_s exp(cum_L - cum_s) (dt x)_s B_s^T, the
+    # retention from s to the chunk's end being the last row of decay
+    to_end = decay[..., -1, :].permute(0, 3, 1, 2)  # (b, L, g, r)
     x_end = (dtx.view(b, L, g, r, p) * to_end[..., None]).view(b, L, g, r * p)
     inserted = x_end.permute(0, 2, 3, 1) @ B  # (b, g, r p, n)
-    decay_all = _exp(cum[:, -1]).view(b, g, r, 1, 1)  # exp(cum_L)
+    decay_all = exp_cum[:, -1].view(b, g, r, 1, 1)  # exp(cum_L)
     h_end = torch.addcmul(inserted.view(b, g, r, p, n), decay_all, h0.view(b, g, r, p, n))
     return y.reshape(b, L, h, p), h_end.view(b, h, p, n)
 
