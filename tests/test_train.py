@@ -314,6 +314,9 @@ def test_ctrl_c_while_training_exits_130_with_one_line(corpus: Path, tmp_path: P
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt handler: give the child the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = out / "train_log.jsonl"
     deadline = time.monotonic() + 300
