@@ -1,6 +1,6 @@
 """The recurrence core (harness/models/recurrence.py): its scan for any diagonal decay against
 a token-by-token loop written here, against Mamba-2's SSD scan where the decay is per head,
-and chunk invariance."""
+and chunk invariance; both of its forms (stepwise on CPU, chunked elsewhere) on CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.models.mamba2.ssd import ssd_scan
-from harness.models.recurrence import ScanInputs, diagonal_scan
+from harness.models.recurrence import ScanInputs, chunked_scan, diagonal_scan, stepwise_scan
 
 b, L, H, P, N = 2, 45, 4, 3, 5
 
@@ -61,13 +61,17 @@ def inputs_with(A_shape: tuple[int, ...], groups: int, seed: int = 0) -> ScanInp
 SHAPES = {"per head": (H,), "per token": (b, L, H), "per entry": (H, N), "all": (b, L, H, N)}
 
 
+FORMS = {"stepwise": stepwise_scan, "chunked": chunked_scan}
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("current", [True, False])
 @pytest.mark.parametrize("groups", [1, 2, H])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_scan_matches_the_token_loop(shape: str, groups: int, current: bool) -> None:
+def test_scan_matches_the_token_loop(shape: str, groups: int, current: bool, form: str) -> None:
     inputs = inputs_with(SHAPES[shape], groups)
     h0 = torch.randn(b, H, P, N, generator=torch.Generator().manual_seed(9))
-    y, h = diagonal_scan(inputs, h0, current=current)
+    y, h = FORMS[form](inputs, h0, current=current)
     ref_y, ref_h = naive(inputs, h0, current)
     assert torch.allclose(y, ref_y, atol=1e-5, rtol=1e-5)
     assert torch.allclose(h, ref_h, atol=1e-5, rtol=1e-5)
@@ -82,13 +86,15 @@ def test_scan_matches_mamba2s_ssd_where_the_decay_is_per_head(shape: str) -> Non
     assert torch.allclose(y, ssd_y, atol=1e-5) and torch.allclose(h, ssd_h, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("current", [True, False])
-def test_any_split_gives_one_pass(current: bool) -> None:
+def test_any_split_gives_one_pass(current: bool, form: str) -> None:
+    scan = FORMS[form]
     inputs = inputs_with(SHAPES["all"], groups=1, seed=2)
-    whole, h_whole = diagonal_scan(inputs, None, current=current)
+    whole, h_whole = scan(inputs, None, current=current)
     ys, h = [], None
     for lo, hi in ((0, 1), (1, 18), (18, 19), (19, 40), (40, L)):
-        y, h = diagonal_scan(inputs.piece(lo, hi), h, current=current)
+        y, h = scan(inputs.piece(lo, hi), h, current=current)
         ys.append(y)
     assert torch.allclose(torch.cat(ys, 1), whole, atol=1e-5)
     assert torch.allclose(h, h_whole, atol=1e-5)

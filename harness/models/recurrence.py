@@ -24,7 +24,8 @@ Per layer and per piece of the sequence, a family's mixer computes these `ScanIn
 With no hook set none of these branches is taken: the plain path is not slowed. Mamba-2 keeps
 its own scan (harness/models/mamba2/ssd.py): with one decay per head a chunk's decays form an
 L x L matrix per head and the chunk is a few matrix products over 64-256 tokens, where a decay
-per state entry needs an L x L x n block (`diagonal_scan`, 16 tokens at a time).
+per state entry needs an L x L x n block: `diagonal_scan` steps token by token on CPU and
+computes such blocks 16 tokens at a time elsewhere.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, Protocol
 
 import torch
 
-CHUNK = 16  # tokens per chunk of diagonal_scan: its (b, T, T, h, n) decay block stays small
+CHUNK = 16  # tokens per chunk of chunked_scan: its (b, T, T, h, n) decay block stays small
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,85 @@ def _per_token(A: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
 def diagonal_scan(
     inputs: ScanInputs, h0: torch.Tensor | None, current: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The recurrence for any decay shape, chunk by chunk with h carried exactly.
+    """The recurrence for any decay shape, with h carried exactly: -> y (b, l, h, p), h_l
+    (b, h, p, n). On CPU token by token (`stepwise_scan`), elsewhere chunk by chunk
+    (`chunked_scan`: a few large kernels per 16 tokens instead of one per token)."""
+    if inputs.x.device.type == "cpu":
+        return stepwise_scan(inputs, h0, current)
+    return chunked_scan(inputs, h0, current)
+
+
+def stepwise_scan(
+    inputs: ScanInputs, h0: torch.Tensor | None, current: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence one token at a time, over all heads and state entries at once.
+
+    A decay per state entry makes the chunked form's block L x L x n elementwise work (L times
+    the recurrence's own), where the steps h_t = alpha_t h_{t-1} + (dt_t x_t) B_t^T cost n p
+    multiply-adds per head and token. A few tokens at a time (`_steps`), alpha and the
+    insertions are computed in bulk, each state is written over its token's insertion by one
+    fused multiply-add, and y is read out in bulk. The working layout is (b, t, n, h, p), so
+    that the long axis (h p) is the contiguous one in every broadcast.
+    """
+    x, B, C = inputs.x, inputs.B, inputs.C
+    b, length, heads, p = x.shape
+    n, groups = B.shape[-1], B.shape[2]
+    log_alpha = _log_alpha_nh(inputs)  # (b, l, n or 1, h)
+    dtx = (x * inputs.dt[..., None])[:, :, None]  # (b, l, 1, h, p)
+    B, C = B.transpose(2, 3)[..., None], C.transpose(2, 3)[..., None]  # (b, l, n, g, 1)
+    if groups not in (1, heads):
+        B, C = B.repeat_interleave(heads // groups, 3), C.repeat_interleave(heads // groups, 3)
+    y = x.new_empty(b, length, heads, p)
+    h = None if h0 is None else h0.permute(0, 3, 1, 2)  # (b, n, h, p)
+    step = _steps(n * heads * p)
+    for lo in range(0, length, step):
+        hi = min(lo + step, length)
+        alpha = torch.exp(log_alpha[:, lo:hi])[..., None]  # (b, t, n or 1, h, 1)
+        states = B[:, lo:hi] * dtx[:, lo:hi]  # (b, t, n, h, p): the insertions, then h_t
+        rows, decays = states.unbind(1), alpha.unbind(1)
+        if h is not None:
+            rows[0].addcmul_(decays[0], h)
+        for t in range(1, hi - lo):
+            rows[t].addcmul_(decays[t], rows[t - 1])
+        if current:
+            y[:, lo:hi] = _read(states, C[:, lo:hi])
+        else:  # y_t = C_t h_{t-1}
+            y[:, lo + 1 : hi] = _read(states[:, :-1], C[:, lo + 1 : hi])
+            y[:, lo] = 0 if h is None else _read(h[:, None], C[:, lo : lo + 1])[:, 0]
+        h = rows[-1]
+    if h is None:
+        return y, x.new_zeros(b, heads, p, n)
+    return y, h.permute(0, 2, 3, 1).contiguous()
+
+
+def _log_alpha_nh(inputs: ScanInputs) -> torch.Tensor:
+    """dt_t A_t as (b, l, n, h), or (b, l, 1, h) where the decay is per head."""
+    dt, A = inputs.dt, inputs.A
+    if A.dim() == 1 or A.dim() == 3:
+        return (dt * A)[:, :, None]
+    if A.dim() == 2:  # (h, n)
+        return dt[:, :, None] * A.T
+    return dt[:, :, None] * A.transpose(2, 3)
+
+
+def _steps(state: int) -> int:
+    """Tokens computed in bulk per round of stepwise_scan: their states (state floats per
+    token) within about 1 MiB, so that they stay in cache between the bulk work and the steps."""
+    return max(2, min(32, 2**18 // state))
+
+
+def _read(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """y = C h for states (b, t, n, h, p) and C (b, t, n, g, 1), g 1 or h: -> (b, t, h, p)."""
+    if C.shape[3] == 1:  # one C for all heads: a product over n per token
+        y = torch.einsum("btn,btnk->btk", C[..., 0, 0], states.flatten(3))
+        return y.unflatten(2, states.shape[3:])
+    return (states * C).sum(2)
+
+
+def chunked_scan(
+    inputs: ScanInputs, h0: torch.Tensor | None, current: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence chunk by chunk (16 tokens), with h carried exactly.
 
     -> y (b, l, h, p), h_l (b, h, p, n). Within a chunk of T tokens, with cum_t the sum of
     log alpha_j over j <= t (from the chunk's start) per (head, entry), and e_t = cum_t
