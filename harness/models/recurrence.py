@@ -229,7 +229,6 @@ def stepwise_scan(
     x, B, C = inputs.x, inputs.B, inputs.C
     b, length, heads, p = x.shape
     n, groups = B.shape[-1], B.shape[2]
-    log_alpha = _log_alpha_nh(inputs)  # (b, l, n or 1, h)
     dtx = (x * inputs.dt[..., None])[:, :, None]  # (b, l, 1, h, p)
     B, C = B.transpose(2, 3)[..., None], C.transpose(2, 3)[..., None]  # (b, l, n, g, 1)
     if groups not in (1, heads):
@@ -239,7 +238,7 @@ def stepwise_scan(
     step = _steps(n * heads * p)
     for lo in range(0, length, step):
         hi = min(lo + step, length)
-        alpha = torch.exp(log_alpha[:, lo:hi])[..., None]  # (b, t, n or 1, h, 1)
+        alpha = _log_alpha_nh(inputs, lo, hi).exp_()[..., None]  # (b, t, n or 1, h, 1)
         states = B[:, lo:hi] * dtx[:, lo:hi]  # (b, t, n, h, p): the insertions, then h_t
         rows, decays = states.unbind(1), alpha.unbind(1)
         if h is not None:
@@ -257,14 +256,17 @@ def stepwise_scan(
     return y, h.permute(0, 2, 3, 1).contiguous()
 
 
-def _log_alpha_nh(inputs: ScanInputs) -> torch.Tensor:
-    """dt_t A_t as (b, l, n, h), or (b, l, 1, h) where the decay is per head."""
-    dt, A = inputs.dt, inputs.A
-    if A.dim() == 1 or A.dim() == 3:
+def _log_alpha_nh(inputs: ScanInputs, lo: int, hi: int) -> torch.Tensor:
+    """dt_t A_t of tokens lo..hi-1 as a new (b, t, n, h), or (b, t, 1, h) where the decay is
+    per head."""
+    dt, A = inputs.dt[:, lo:hi], inputs.A
+    if A.dim() == 1:  # (h,)
         return (dt * A)[:, :, None]
     if A.dim() == 2:  # (h, n)
         return dt[:, :, None] * A.T
-    return dt[:, :, None] * A.transpose(2, 3)
+    if A.dim() == 3:  # (b, l, h)
+        return (dt * A[:, lo:hi])[:, :, None]
+    return dt[:, :, None] * A[:, lo:hi].transpose(2, 3)
 
 
 def _steps(state: int) -> int:
