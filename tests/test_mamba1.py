@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.mamba1 import CheckpointError, load_mamba1, save_pretrained
+from harness.models.mamba2.model import piece_tokens
 
 VOCAB = 64
 
@@ -100,6 +101,22 @@ def test_any_chunking_equals_one_pass(reference) -> None:
                 logits, state = ours(ids[:, lo : lo + size], state)
                 parts.append(logits)
             assert (torch.cat(parts, 1) - whole).abs().max() < 1e-5, size
+
+
+def test_long_calls_go_through_in_pieces_exactly(reference) -> None:
+    ours = load_mamba1(reference[1]).eval()
+    ids = torch.randint(0, VOCAB, (1, 2 * piece_tokens(torch.device("cpu")) + 37))
+    with torch.no_grad():
+        whole, state = ours(ids)  # three pieces inside
+        split, split_state = ours(ids[:, :1000])
+        for lo in range(1000, ids.shape[1], 1000):
+            logits, split_state = ours(ids[:, lo : lo + 1000], split_state)
+            split = torch.cat([split, logits], 1)
+        last, _ = ours(ids, last_only=True)
+    assert (whole - split).abs().max() < 1e-5
+    for a, b in zip(state.ssm, split_state.ssm, strict=True):
+        assert (a - b).abs().max() < 1e-5
+    assert (last[:, 0] - whole[:, -1]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("fmt", ["hf", "state-spaces"])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.models.mamba2.model import piece_tokens
 from harness.models.recurrence import ScanInputs
 from harness.models.rwkv6 import (
     Rwkv6,
@@ -123,6 +124,22 @@ def test_any_chunking_equals_one_pass(blinkdl: Path) -> None:
                 logits, state = model(ids[:, lo : lo + size], state)
                 parts.append(logits)
             assert (torch.cat(parts, 1) - whole).abs().max() < 1e-5 * whole.abs().max(), size
+
+
+def test_long_calls_go_through_in_pieces_exactly(blinkdl: Path) -> None:
+    model = load_rwkv6(blinkdl)
+    ids = torch.randint(0, VOCAB, (1, 2 * piece_tokens(torch.device("cpu")) + 37))
+    with torch.no_grad():
+        whole, state = model(ids)  # three pieces inside
+        split, split_state = model(ids[:, :1000])
+        for lo in range(1000, ids.shape[1], 1000):
+            logits, split_state = model(ids[:, lo : lo + 1000], split_state)
+            split = torch.cat([split, logits], 1)
+        last, _ = model(ids, last_only=True)
+    assert (whole - split).abs().max() < 1e-5 * whole.abs().max()
+    for a, b in zip(state.wkv, split_state.wkv, strict=True):
+        assert (a - b).abs().max() < 1e-5 * a.abs().max()
+    assert (last[:, 0] - whole[:, -1]).abs().max() < 1e-5 * whole.abs().max()
 
 
 def test_world_tokenizer_matches_the_package_one() -> None:

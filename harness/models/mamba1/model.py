@@ -15,8 +15,8 @@ Mixer of one layer, for u (b, l, d_model), with d = d_inner channels and n = d_s
 
 Unlike Mamba-2 (one scalar decay per head), the decay differs per (channel, state entry): in
 the recurrence core (harness/models/recurrence.py) each channel is a head of one value (p = 1)
-with a decay per state entry, scanned chunk by chunk (`diagonal_scan`) with the hooks
-mitigations and observers use. The
+with a decay per state entry, scanned by `diagonal_scan` (token by token on CPU) with the
+hooks mitigations and observers use. The
 residual stream, the scan and the logits are float32 whatever the weights' dtype; the state
 (the last d_conv - 1 conv inputs and h per layer) is carried exactly, so a sequence fed in any
 pieces gives the logits of one pass.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.mamba1.config import Mamba1Config
-from harness.models.mamba2.model import RMSNorm
+from harness.models.mamba2.model import RMSNorm, piece_tokens
 from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, diagonal_scan, run_scan
 
 
@@ -165,9 +165,32 @@ class Mamba1(nn.Module):
         hooks: Hooks | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, Mamba1State]:
-        """ids (b, l) -> logits (b, l, padded vocab) float32 (b, 1, .) with last_only, state."""
+        """ids (b, l) -> logits (b, l, padded vocab) float32 (b, 1, .) with last_only, state.
+
+        A long call goes through the layers in pieces of at most piece_tokens(device) tokens
+        with the state carried (exact, as for any split), as Mamba-2 does: bounded working
+        memory, and on CPU tensors the allocator reuses instead of fresh pages."""
         if state is None:
             state = self.init_state(ids.shape[0])
+        b, l = ids.shape
+        piece = piece_tokens(ids.device)
+        if l <= piece:
+            return self._forward(ids, state, hooks, last_only)
+        logits = (
+            None
+            if last_only
+            else torch.empty(b, l, self.config.padded_vocab_size, device=ids.device)
+        )
+        for start in range(0, l, piece):
+            out, state = self._forward(ids[:, start : start + piece], state, hooks, last_only)
+            if logits is not None:
+                logits[:, start : start + piece] = out
+        return out if logits is None else logits, state
+
+    def _forward(
+        self, ids: torch.Tensor, state: Mamba1State, hooks: Hooks | None, last_only: bool
+    ) -> tuple[torch.Tensor, Mamba1State]:
+        """forward for one piece."""
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
         partials = state.partial or [None] * len(self.layers)
         conv, scans = [], []

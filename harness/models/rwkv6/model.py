@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.mamba2.model import piece_tokens
 from harness.models.recurrence import (
     Carried,
     Hooks,
@@ -227,9 +228,27 @@ class Rwkv6(nn.Module):
         hooks: Hooks | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, Rwkv6State]:
-        """ids (b, l) -> logits (b, l, vocab) float32 ((b, 1, vocab) with last_only), state."""
+        """ids (b, l) -> logits (b, l, vocab) float32 ((b, 1, vocab) with last_only), state.
+
+        A long call goes through the layers in pieces of at most piece_tokens(device) tokens
+        with the state carried (exact), as Mamba-2 does."""
         if state is None:
             state = self.init_state(ids.shape[0])
+        b, l = ids.shape
+        piece = piece_tokens(ids.device)
+        if l <= piece:
+            return self._forward(ids, state, hooks, last_only)
+        logits = None if last_only else torch.empty(b, l, self.config.vocab_size, device=ids.device)
+        for start in range(0, l, piece):
+            out, state = self._forward(ids[:, start : start + piece], state, hooks, last_only)
+            if logits is not None:
+                logits[:, start : start + piece] = out
+        return out if logits is None else logits, state
+
+    def _forward(
+        self, ids: torch.Tensor, state: Rwkv6State, hooks: Hooks | None, last_only: bool
+    ) -> tuple[torch.Tensor, Rwkv6State]:
+        """forward for one piece."""
         x = self.ln0(self.emb(ids)).float()  # residual stream (b, l, C)
         partials = state.partial or [None] * len(self.blocks)
         att, ffn, scans = [], [], []
