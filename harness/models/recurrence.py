@@ -223,28 +223,34 @@ def stepwise_scan(
     the recurrence's own), where the steps h_t = alpha_t h_{t-1} + (dt_t x_t) B_t^T cost n p
     multiply-adds per head and token. A few tokens at a time (`_steps`), alpha and the
     insertions are computed in bulk, each state is written over its token's insertion by one
-    fused multiply-add, and y is read out in bulk. The working layout is (b, t, n, h, p), so
-    that the long axis (h p) is the contiguous one in every broadcast.
+    fused multiply-add (in place; out of place where autograd records, the same arithmetic),
+    and y is read out in bulk. The working layout is (b, t, n, h, p), so that the long axis
+    (h p) is the contiguous one in every broadcast.
     """
     x, B, C = inputs.x, inputs.B, inputs.C
     b, length, heads, p = x.shape
     n, groups = B.shape[-1], B.shape[2]
     dtx = (x * inputs.dt[..., None])[:, :, None]  # (b, l, 1, h, p)
-    B, C = B.transpose(2, 3)[..., None], C.transpose(2, 3)[..., None]  # (b, l, n, g, 1)
+    # (b, l, n, g, 1), contiguous: so are the products with them, whether autograd records or not
+    B, C = B.transpose(2, 3).contiguous()[..., None], C.transpose(2, 3).contiguous()[..., None]
     if groups not in (1, heads):
         B, C = B.repeat_interleave(heads // groups, 3), C.repeat_interleave(heads // groups, 3)
     y = x.new_empty(b, length, heads, p)
     h = None if h0 is None else h0.permute(0, 3, 1, 2)  # (b, n, h, p)
+    recorded = _recorded(inputs, h0)
+    fma = torch.Tensor.addcmul if recorded else torch.Tensor.addcmul_  # a + b * c
     step = _steps(n * heads * p)
     for lo in range(0, length, step):
         hi = min(lo + step, length)
         alpha = _log_alpha_nh(inputs, lo, hi).exp_()[..., None]  # (b, t, n or 1, h, 1)
         states = B[:, lo:hi] * dtx[:, lo:hi]  # (b, t, n, h, p): the insertions, then h_t
-        rows, decays = states.unbind(1), alpha.unbind(1)
+        rows, decays = list(states.unbind(1)), alpha.unbind(1)
         if h is not None:
-            rows[0].addcmul_(decays[0], h)
+            rows[0] = fma(rows[0], decays[0], h)
         for t in range(1, hi - lo):
-            rows[t].addcmul_(decays[t], rows[t - 1])
+            rows[t] = fma(rows[t], decays[t], rows[t - 1])
+        if recorded:
+            states = torch.stack(rows, 1)
         if current:
             y[:, lo:hi] = _read(states, C[:, lo:hi])
         else:  # y_t = C_t h_{t-1}
@@ -254,6 +260,12 @@ def stepwise_scan(
     if h is None:
         return y, x.new_zeros(b, heads, p, n)
     return y, h.permute(0, 2, 3, 1).contiguous()
+
+
+def _recorded(inputs: ScanInputs, h0: torch.Tensor | None) -> bool:
+    """Whether autograd records operations on these inputs (training)."""
+    tensors = (inputs.x, inputs.dt, inputs.A, inputs.B, inputs.C, h0)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _log_alpha_nh(inputs: ScanInputs, lo: int, hi: int) -> torch.Tensor:
