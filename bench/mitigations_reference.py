@@ -3,18 +3,20 @@ own tables, with a README of what they show.
 
     python bench/mitigations_reference.py --out results/reference/mitigations
 
-For each bundled Mamba-2 (training length T):
-1. `harness calibrate` per-layer dt-scale and a-scale factors at 8T on the shipped Sonnets
-   (`--calib-steps` zeroth-order steps), written to OUT/calibration/.
-2. `harness run --tasks passkey` with none, rri, state-norm, window:r=T, dt-scale, a-scale,
-   longmamba, oprm and the two calibrated files, at T, 2T, 4T, 8T, 16T (`--samples` each);
+For each bundled recurrent model (training length T; Mamba-2, Mamba-1, RWKV-6):
+1. where its family has dt and A (Mamba-2, Mamba-1), `harness calibrate` per-layer dt-scale
+   and a-scale factors at 8T on the shipped Sonnets (`--calib-steps` zeroth-order steps),
+   written to OUT/calibration/.
+2. `harness run --tasks passkey` with those of none, rri, state-norm, window:r=T, dt-scale,
+   a-scale, longmamba that apply to its family, oprm, and the calibrated files, at T, 2T, 4T,
+   8T, 16T (`--samples` each);
    `harness run --tasks perplexity` on the Sonnets with the same mitigations but oprm (an
    inference strategy that loss by position cannot serve). The bundled transformer runs
    passkey with none and oprm (the only model-agnostic ones).
 Tables land in OUT/results (`harness leaderboard --results OUT/results` draws them), and
-OUT/README.md gets a table per model: passkey correct/samples (mean key log-probability)
-and loss beyond T, per mitigation and multiple of T. Rerunning resumes (finished units and
-calibration files are kept).
+OUT/README.md gets a table per bundled model with results: passkey correct/samples (mean key
+log-probability) and loss beyond T, per mitigation and multiple of T. Rerunning resumes
+(finished units and calibration files are kept), so `--models` can add models one by one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pyarrow.compute as pc
 
 from harness import results
 from harness.cli import main as harness
+from harness.mitigations import parse_mitigation
 from harness.models.bundled import bundled_models
 from harness.models.loading import resolve
 
@@ -65,15 +68,14 @@ def calibrate(name: str, kind: str, length: int, args: argparse.Namespace) -> Pa
     return path
 
 
-def evaluate(name: str, multiples: list[int], args: argparse.Namespace) -> None:
+def evaluate(name: str, family: str, multiples: list[int], args: argparse.Namespace) -> None:
     T = train_context(name)
     lengths = ",".join(str(k * T) for k in multiples)
     table = args.out / "results"
-    files = [calibrate(name, kind, 8 * T, args) for kind in ("dt-scale", "a-scale")]
-    state = [m.format(T=T) for m in MITIGATIONS] + [
-        f"dt-scale:file={files[0]}",
-        f"a-scale:file={files[1]}",
-    ]
+    state = [s for m in MITIGATIONS if family in parse_mitigation(s := m.format(T=T)).families]
+    if family in parse_mitigation("dt-scale").families:
+        kinds = ("dt-scale", "a-scale")
+        state += [f"{kind}:file={calibrate(name, kind, 8 * T, args)}" for kind in kinds]
     common = ["--models", name, "--lengths", lengths, "--out", str(table)]
     run(["run", *common, "--mitigations", ",".join([*state, "oprm"]), "--tasks", "passkey",
          "--samples", str(args.samples)])  # fmt: skip
@@ -109,6 +111,8 @@ def write_readme(out: Path, models: list[str], multiples: list[int]) -> None:
     for model in models:
         T = train_context(model)
         table = cells(out / "results", model, T)
+        if not table:
+            continue
         mitigations = sorted({m for m, _ in table})
         lines += [f"\n### {model} (T = {T} tokens)\n",
                   "| mitigation | " + " | ".join(f"{k}T" for k in multiples) + " |",
@@ -162,15 +166,16 @@ def main() -> None:
     args = parse_args()
     multiples = [int(k) for k in args.multiples.split(",")]
     bundled = list(args.models.split(",")) if args.models else list(bundled_models())
-    recurrent = [m for m in bundled if resolve(m).family == "mamba2"]
-    for name in recurrent:
-        evaluate(name, multiples, args)
+    for name in bundled:
+        family = resolve(name).family
+        if family != "transformer":
+            evaluate(name, family, multiples, args)
     for name in (m for m in bundled if resolve(m).family == "transformer"):
         T = train_context(name)
         run(["run", "--models", name, "--mitigations", "none,oprm", "--tasks", "passkey",
              "--lengths", ",".join(str(k * T) for k in multiples), "--samples", str(args.samples),
              "--out", str(args.out / "results")])  # fmt: skip
-    write_readme(args.out, bundled, multiples)
+    write_readme(args.out, list(bundled_models()), multiples)
     print(f"wrote {args.out / 'README.md'}")
 
 
