@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.mamba1 import CheckpointError, load_mamba1, save_pretrained
-from harness.models.mamba2.model import piece_tokens
+from harness.models.recurrence import piece_tokens
 
 VOCAB = 64
 

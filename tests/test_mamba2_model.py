@@ -9,9 +9,8 @@ import torch
 
 from harness.models.base import ModelInfo
 from harness.models.mamba2 import Hooks, Mamba2, Mamba2Config, Mamba2LM, Mamba2State, ScanInputs
-from harness.models.mamba2.model import piece_tokens
 from harness.models.mamba2.ssd import scan
-from harness.models.recurrence import StateSnapshot
+from harness.models.recurrence import StateSnapshot, piece_tokens
 
 LENGTH = 300
 

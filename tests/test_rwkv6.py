@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.mamba2.model import piece_tokens
-from harness.models.recurrence import ScanInputs
+from harness.models.recurrence import ScanInputs, piece_tokens
 from harness.models.rwkv6 import (
     Rwkv6,
     Rwkv6Config,

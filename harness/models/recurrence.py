@@ -132,6 +132,36 @@ class Hooks:
         return self.transform_state is not None or self.observer is not None
 
 
+def piece_tokens(device: torch.device) -> int:
+    """Tokens per pass through a model's layers: 2048 on CPU (1.2x faster at 16K than one pass,
+    from fewer page faults), 65536 elsewhere (each pass launches its own kernels)."""
+    return 2048 if device.type == "cpu" else 65536
+
+
+def in_pieces(
+    forward: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]],
+    ids: torch.Tensor,
+    state: Any,
+    vocab: int,
+    last_only: bool,
+) -> tuple[torch.Tensor, Any]:
+    """A family's `forward(ids, state) -> (logits, state)` over ids (b, l) in pieces of at most
+    piece_tokens(device) tokens with the state carried (exact, as for any split): the layers'
+    working memory stays bounded, and on CPU small tensors are reused by the allocator instead
+    of being mapped fresh, page by page. -> logits (b, l, vocab), or the last piece's (b, 1,
+    vocab) with last_only, and the state."""
+    b, length = ids.shape
+    piece = piece_tokens(ids.device)
+    if length <= piece:
+        return forward(ids, state)
+    logits = None if last_only else torch.empty(b, length, vocab, device=ids.device)
+    for start in range(0, length, piece):
+        out, state = forward(ids[:, start : start + piece], state)
+        if logits is not None:
+            logits[:, start : start + piece] = out
+    return (out if logits is None else logits), state
+
+
 # dt (b, k, h) and A of the k tokens since the last multiple of the hooks' interval: what a
 # StateSnapshot reports when the interval spans several calls.
 Partial = tuple[torch.Tensor, torch.Tensor]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,8 +34,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.mamba1.config import Mamba1Config
-from harness.models.mamba2.model import RMSNorm, piece_tokens
-from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, diagonal_scan, run_scan
+from harness.models.mamba2.model import RMSNorm
+from harness.models.recurrence import (
+    Carried,
+    Hooks,
+    Partial,
+    ScanInputs,
+    diagonal_scan,
+    in_pieces,
+    run_scan,
+)
 
 
 @dataclass
@@ -172,20 +181,8 @@ class Mamba1(nn.Module):
         memory, and on CPU tensors the allocator reuses instead of fresh pages."""
         if state is None:
             state = self.init_state(ids.shape[0])
-        b, l = ids.shape
-        piece = piece_tokens(ids.device)
-        if l <= piece:
-            return self._forward(ids, state, hooks, last_only)
-        logits = (
-            None
-            if last_only
-            else torch.empty(b, l, self.config.padded_vocab_size, device=ids.device)
-        )
-        for start in range(0, l, piece):
-            out, state = self._forward(ids[:, start : start + piece], state, hooks, last_only)
-            if logits is not None:
-                logits[:, start : start + piece] = out
-        return out if logits is None else logits, state
+        piece = partial(self._forward, hooks=hooks, last_only=last_only)
+        return in_pieces(piece, ids, state, self.config.padded_vocab_size, last_only)
 
     def _forward(
         self, ids: torch.Tensor, state: Mamba1State, hooks: Hooks | None, last_only: bool

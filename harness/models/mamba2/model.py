@@ -29,7 +29,7 @@ from torch import nn
 
 from harness.models.mamba2.config import Mamba2Config
 from harness.models.mamba2.ssd import scan
-from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, run_scan
+from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, in_pieces, run_scan
 
 
 @dataclass
@@ -235,25 +235,11 @@ class Mamba2(nn.Module):
 
         last_only: the logits of the last token only, (b, 1, padded vocab), as a prefill needs
         (the l x vocab logits are most of the memory of a long call).
-        A long call goes through the layers in pieces of at most piece_tokens(device) tokens
-        with the state carried (exact, as for any split): the layers' working memory stays
-        bounded, and on CPU small tensors are reused by the allocator instead of being mapped
-        fresh, page by page, for every operation."""
+        A long call goes through the layers in pieces (recurrence.in_pieces)."""
         if state is None:
             state = self.init_state(ids.shape[0])
-        b, l = ids.shape
-        piece = piece_tokens(ids.device)
-        if l <= piece:
-            return self._forward(ids, state, hooks, backend, last_only)
-        V = self.config.padded_vocab_size
-        logits = None if last_only else torch.empty(b, l, V, device=ids.device)
-        for start in range(0, l, piece):
-            out, state = self._forward(
-                ids[:, start : start + piece], state, hooks, backend, last_only
-            )
-            if logits is not None:
-                logits[:, start : start + piece] = out
-        return out if logits is None else logits, state
+        piece = partial(self._forward, hooks=hooks, backend=backend, last_only=last_only)
+        return in_pieces(piece, ids, state, self.config.padded_vocab_size, last_only)
 
     def _forward(
         self,
@@ -282,9 +268,3 @@ class Mamba2(nn.Module):
             if any(layer.scan.partial is not None for layer in layers)
             else None,
         )
-
-
-def piece_tokens(device: torch.device) -> int:
-    """Tokens per pass through the layers: 2048 on CPU (1.2x faster at 16K than one pass, from
-    fewer page faults), 65536 elsewhere (each pass launches its own kernels)."""
-    return 2048 if device.type == "cpu" else 65536

@@ -25,19 +25,20 @@ insertion (`current=False`), so the mitigations' hooks apply to it; the bonus is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models.mamba2.model import piece_tokens
 from harness.models.recurrence import (
     Carried,
     Hooks,
     Partial,
     ScanInputs,
     diagonal_scan,
+    in_pieces,
     run_scan,
 )
 
@@ -234,16 +235,8 @@ class Rwkv6(nn.Module):
         with the state carried (exact), as Mamba-2 does."""
         if state is None:
             state = self.init_state(ids.shape[0])
-        b, l = ids.shape
-        piece = piece_tokens(ids.device)
-        if l <= piece:
-            return self._forward(ids, state, hooks, last_only)
-        logits = None if last_only else torch.empty(b, l, self.config.vocab_size, device=ids.device)
-        for start in range(0, l, piece):
-            out, state = self._forward(ids[:, start : start + piece], state, hooks, last_only)
-            if logits is not None:
-                logits[:, start : start + piece] = out
-        return out if logits is None else logits, state
+        piece = partial(self._forward, hooks=hooks, last_only=last_only)
+        return in_pieces(piece, ids, state, self.config.vocab_size, last_only)
 
     def _forward(
         self, ids: torch.Tensor, state: Rwkv6State, hooks: Hooks | None, last_only: bool
