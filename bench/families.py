@@ -78,16 +78,10 @@ def save_weights(family: str, directory: Path) -> Path:
 
         return save_pretrained(Mamba1(Mamba1Config(**SHAPES[family])), directory, format="hf")
     from harness.models.rwkv6 import Rwkv6, Rwkv6Config, save_blinkdl
+    from harness.models.tiny import randomize_rwkv6
 
     model = Rwkv6(Rwkv6Config(**SHAPES[family]))
-    with torch.no_grad():  # RWKV-6 builds zeros: finite, varied values as tiny-rwkv6 draws them
-        for name, p in model.named_parameters():
-            if name.endswith("time_decay"):
-                p.uniform_(-4, 1)
-            elif "ln" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0, 0.02)
+    randomize_rwkv6(model, std=0.02)  # RWKV-6 builds zeros: finite, varied values
     return save_blinkdl(model, directory / "rwkv6.pth")
 
 

@@ -67,3 +67,28 @@ def comparable_table(out: Path, table: str):
 def table_rows():
     """comparable_table, for tests that compare the tables of two runs of one plan."""
     return comparable_table
+
+
+def sweep_dead_writers(out: Path, killed: int | None = None) -> None:
+    """A kill that lands while a part is being written leaves that writer's hidden temporary
+    (readers pass it over); a later run removes it once stale (its writer dead and
+    STALE_AFTER_S old). Anything left must be a dead writer's (the `killed` pid's, if given),
+    and that sweep must take it."""
+    import time
+
+    from harness import results
+
+    left = list(out.rglob(".*.tmp"))
+    for tmp in left:
+        match = results.TEMPORARY.match(tmp.name)
+        assert match is not None and not results.pid_alive(int(match["pid"])), tmp
+        assert killed is None or int(match["pid"]) == killed, tmp
+        old = time.time() - results.STALE_AFTER_S - 60
+        os.utime(tmp, (old, old))
+    assert results.remove_stale_temporaries(out) == len(left)
+
+
+@pytest.fixture(scope="session")
+def dead_writers_swept():
+    """sweep_dead_writers, for the tests that kill a worker mid-run."""
+    return sweep_dead_writers

@@ -134,35 +134,28 @@ def test_ray_run_gives_the_local_tables_and_records_each_workers_gpu(
     assert {w["device"] for w in found} == {"cpu"}  # no real GPU behind them here
 
 
-def sweep_the_killed_writers_temporaries(out: Path, killed: int) -> None:
-    """A kill that lands while a part is being written leaves that writer's hidden temporary
-    (readers pass it over); a later run removes it once it is stale (its writer dead and
-    STALE_AFTER_S old). Anything left must be the killed worker's, and that sweep must take it."""
-    from harness import results
-
-    left = list(out.rglob("*.tmp"))
-    for tmp in left:
-        match = results.TEMPORARY.match(tmp.name)
-        assert match is not None and int(match["pid"]) == killed, tmp
-        old = time.time() - results.STALE_AFTER_S - 60
-        os.utime(tmp, (old, old))
-    assert results.remove_stale_temporaries(out) == len(left)
-
-
 def test_killed_worker_is_run_again_by_ray(
-    ray_address: str, local_tables: dict[str, pd.DataFrame], tmp_path: Path, table_rows
+    ray_address: str,
+    local_tables: dict[str, pd.DataFrame],
+    tmp_path: Path,
+    table_rows,
+    dead_writers_swept,
 ) -> None:
     out = tmp_path / "ray"
     driver = harness_run(ray_address, out, "--workers", "2", "--max-retries", "1")
     killed = kill_a_worker_mid_run(out, driver)
     log, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, log
-    sweep_the_killed_writers_temporaries(out, killed)
+    dead_writers_swept(out, killed)
     assert_same_tables(out, local_tables, table_rows)
 
 
 def test_killed_worker_without_retries_leaves_units_for_the_next_run(
-    ray_address: str, local_tables: dict[str, pd.DataFrame], tmp_path: Path, table_rows
+    ray_address: str,
+    local_tables: dict[str, pd.DataFrame],
+    tmp_path: Path,
+    table_rows,
+    dead_writers_swept,
 ) -> None:
     out = tmp_path / "ray"
     driver = harness_run(ray_address, out, "--workers", "2", "--max-retries", "0")
@@ -173,7 +166,7 @@ def test_killed_worker_without_retries_leaves_units_for_the_next_run(
     rerun = harness_run(ray_address, out, "--workers", "2")
     log, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, log
-    sweep_the_killed_writers_temporaries(out, killed)
+    dead_writers_swept(out, killed)
     assert_same_tables(out, local_tables, table_rows)
 
 

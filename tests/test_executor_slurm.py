@@ -119,21 +119,6 @@ def assert_same_tables(
         assert got == expected, f"{table} differs from the local run"
 
 
-def sweep_dead_writers_temporaries(out: Path) -> None:
-    """A kill that lands while a part is being written leaves that writer's hidden temporary
-    (readers pass it over); a later run removes it once stale (its writer dead and
-    STALE_AFTER_S old). Anything left must be a dead writer's, and that sweep must take it."""
-    from harness import results
-
-    left = list(out.rglob(".*.tmp"))
-    for tmp in left:
-        match = results.TEMPORARY.match(tmp.name)
-        assert match is not None and not results.pid_alive(int(match["pid"])), tmp
-        old = time.time() - results.STALE_AFTER_S - 60
-        os.utime(tmp, (old, old))
-    assert results.remove_stale_temporaries(out) == len(left)
-
-
 def assert_parts_sound(out: Path, tables: Sequence[str] = TABLES) -> None:
     """Every part reads whole, and no temporary file is left behind."""
     for table in tables:
@@ -219,7 +204,7 @@ def slurm_state(job: str) -> str:
 
 
 def test_killed_job_is_retried_without_loss_or_duplicate(
-    local_reference: Path, tmp_path: Path
+    local_reference: Path, tmp_path: Path, dead_writers_swept
 ) -> None:
     out = tmp_path / "out"
     # One worker: one job per model, one after the other; the kill lands in the first.
@@ -242,7 +227,7 @@ def test_killed_job_is_retried_without_loss_or_duplicate(
         time.sleep(0.2)
     assert slurm_state(killed) in ("FAILED", "CANCELLED", "CANCELLED+"), slurm_state(killed)
     assert_same_tables(out, local_reference, ["passkey"], SMALL_MODELS)
-    sweep_dead_writers_temporaries(out)
+    dead_writers_swept(out)
     assert_parts_sound(out, ["passkey"])
     manifest = run_manifest(out)
     assert manifest is not None and not manifest["units"]["lost"]

@@ -18,6 +18,7 @@ from harness.models.base import ModelInfo, RecurrentLM
 from harness.models.mamba1 import Mamba1, Mamba1Config
 from harness.models.recurrence import Carried, Hooks, ScanInputs, diagonal_scan, run_scan
 from harness.models.rwkv6 import Rwkv6, Rwkv6Config
+from harness.models.tiny import randomize_rwkv6
 from harness.models.tokenizer import byte_tokenizer
 
 b, L, H, P, N = 2, 70, 3, 2, 4
@@ -147,14 +148,7 @@ def tiny_rwkv6() -> RecurrentLM:
     config = Rwkv6Config(vocab_size=257, d_model=32, n_layer=2, head_size=8, d_mix=4, d_decay=8)
     torch.manual_seed(0)
     module = Rwkv6(config).eval()
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("time_decay"):
-                p.uniform_(-4, 1)  # w = exp(-exp(d)): slow and fast channels
-            elif "ln" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0, 0.2)
+    randomize_rwkv6(module, std=0.2)
     return wrap(module, "rwkv6", config.state_size)
 
 

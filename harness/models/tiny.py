@@ -133,10 +133,23 @@ def build_tiny_mamba1(device: str, dtype: torch.dtype, backend: str) -> Language
     return RecurrentLM(module, tokenizer, info)
 
 
+def randomize_rwkv6(module: torch.nn.Module, std: float) -> None:
+    """RWKV-6 builds its parameters as zeros (checkpoints fill them): draw them from a normal
+    of std `std`, the decays d from U(-4, 1) (w = exp(-exp(d)): slow to fast channels), the
+    norms' weights 1 (from the global torch generator)."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("time_decay"):
+                p.uniform_(-4, 1)
+            elif "ln" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0, std)
+
+
 def build_tiny_rwkv6(device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
-    """RWKV-6 builds its parameters as zeros (checkpoints fill them): here they are drawn from
-    a normal of std 0.2, the decays d from U(-4, 1) (w = exp(-exp(d)): slow to fast channels),
-    the norms' weights 1."""
     import torch
 
     from harness.models.base import RecurrentLM
@@ -148,14 +161,7 @@ def build_tiny_rwkv6(device: str, dtype: torch.dtype, backend: str) -> LanguageM
     config = Rwkv6Config(vocab_size=len(tokenizer), **shape)
     torch.manual_seed(SEED)
     module = Rwkv6(config)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("time_decay"):
-                p.uniform_(-4, 1)
-            elif "ln" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0, 0.2)
+    randomize_rwkv6(module, std=0.2)
     module = module.to(device=device, dtype=dtype)
     info = _info("tiny-rwkv6", "rwkv6", module, dtype, device, "torch", config.state_size)
     return RecurrentLM(module, tokenizer, info)

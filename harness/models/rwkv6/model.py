@@ -96,6 +96,11 @@ def bonus(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor) ->
     return (r * u * k).sum(-1, keepdim=True) * v
 
 
+def exclusive_scan(inputs: ScanInputs, h0: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+    """The core's scan in RWKV's form: o_t reads S_{t-1}, the state before token t."""
+    return diagonal_scan(inputs, h0, current=False)
+
+
 class TimeMix(nn.Module):
     def __init__(self, c: Rwkv6Config, layer: int) -> None:
         super().__init__()
@@ -205,9 +210,7 @@ class Rwkv6(nn.Module):
         self.ln_out = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
-    @staticmethod
-    def scan(inputs: ScanInputs, h0: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        return exclusive_scan(inputs, h0)
+    scan = staticmethod(exclusive_scan)  # the recurrence core's scan, read before each token
 
     @property
     def heads(self) -> int:
@@ -259,8 +262,3 @@ class Rwkv6(nn.Module):
         partial = [s.partial for s in scans] if any(s.partial is not None for s in scans) else None
         position = state.position + ids.shape[1]
         return logits, Rwkv6State(att, ffn, [s.ssm for s in scans], position, partial)
-
-
-def exclusive_scan(inputs: ScanInputs, h0: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-    """The core's scan in RWKV's form: o_t reads S_{t-1}, the state before token t."""
-    return diagonal_scan(inputs, h0, current=False)
