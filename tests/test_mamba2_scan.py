@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.mamba2.ssd import (
+    NEGLIGIBLE,
     BackendError,
     recurrent_step,
     resolve_backend,
@@ -96,6 +97,22 @@ def test_ssd_scan_chunks_matches_naive_and_the_chunk_loop(
     close(h, h_loop)
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_ssd_scan_heads_that_forget_within_a_chunk_take_the_direct_form(groups: int) -> None:
+    """In the same chunks, heads whose decay over the chunk falls below exp(NEGLIGIBLE) (the
+    direct form) and heads that keep more (the factored form): both against the token loop."""
+    i = random_inputs(45, groups=groups)
+    A = i.A * torch.tensor([300.0, 1.0, 0.01, 30.0])
+    totals = (i.dt * A)[:, :32].reshape(2, 2, 16, 4).sum(2)  # per chunk of 16 and head
+    assert (totals < NEGLIGIBLE).any() and (totals >= NEGLIGIBLE).any()
+    h0 = torch.randn(2, 4, 5, 3).transpose(-1, -2)
+    with torch.inference_mode():
+        y, h = ssd_scan(i.x, i.dt, A, i.B, i.C, 16, h0)
+    y_ref, h_ref = naive_scan(i.x, i.dt, A, i.B, i.C, h0)
+    close(y, y_ref)
+    close(h, h_ref)
+
+
 @pytest.mark.parametrize("form", [ssd_scan, ssd_scan_chunks])
 def test_ssd_scan_from_zero_state_and_strong_decay(form: object) -> None:
     i = random_inputs(300)
@@ -107,17 +124,34 @@ def test_ssd_scan_from_zero_state_and_strong_decay(form: object) -> None:
     close(h, h_ref)
 
 
-def test_ssd_scan_chunks_autograd_matches_the_chunk_loop() -> None:
+def test_ssd_scan_chunks_gradients_match_the_naive_recurrence() -> None:
+    """ssd_scan_chunks is the differentiable form (training): its gradients against float64
+    autograd through the token loop."""
     i = random_inputs(40, per_token_A=True)
     grads = []
-    for form in (ssd_scan, ssd_scan_chunks):
+    for form in (ssd_scan_chunks, naive_scan):
         x, B = i.x.clone().requires_grad_(), i.B.clone().requires_grad_()
-        y, h = form(x, i.dt, i.A, B, i.C, 8)
+        if form is naive_scan:
+            y, h = naive_scan(x, i.dt, i.A, B, i.C, None)
+        else:
+            y, h = ssd_scan_chunks(x, i.dt, i.A, B, i.C, 8)
         (y.square().sum() + h.sum()).backward()
         grads.append((x.grad, B.grad))
     for a, b in zip(*grads, strict=True):
         assert a is not None and b is not None
         close(a, b)
+
+
+def test_training_takes_the_differentiable_form_and_inference_the_in_place_one() -> None:
+    i = random_inputs(40)
+    x = i.x.clone().requires_grad_()
+    y, h = scan(i.with_(x=x), None, backend="torch", chunk_size=8)
+    (y.sum() + h.sum()).backward()  # ssd_scan_chunks: the in-place form cannot be differentiated
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        y_plain, h_plain = scan(i.with_(x=x), None, backend="torch", chunk_size=8)
+    close(y_plain, y.detach())
+    close(h_plain, h.detach())
 
 
 @pytest.mark.parametrize("per_token_A", [False, True])

@@ -267,8 +267,8 @@ def stepwise_scan(
         B, C = B.repeat_interleave(heads // groups, 3), C.repeat_interleave(heads // groups, 3)
     y = x.new_empty(b, length, heads, p)
     h = None if h0 is None else h0.permute(0, 3, 1, 2)  # (b, n, h, p)
-    recorded = _recorded(inputs, h0)
-    fma = torch.Tensor.addcmul if recorded else torch.Tensor.addcmul_  # a + b * c
+    tracked = recorded(inputs, h0)
+    fma = torch.Tensor.addcmul if tracked else torch.Tensor.addcmul_  # a + b * c
     step = _steps(n * heads * p)
     for lo in range(0, length, step):
         hi = min(lo + step, length)
@@ -279,7 +279,7 @@ def stepwise_scan(
             rows[0] = fma(rows[0], decays[0], h)
         for t in range(1, hi - lo):
             rows[t] = fma(rows[t], decays[t], rows[t - 1])
-        if recorded:
+        if tracked:
             states = torch.stack(rows, 1)
         if current:
             y[:, lo:hi] = _read(states, C[:, lo:hi])
@@ -292,7 +292,7 @@ def stepwise_scan(
     return y, h.permute(0, 2, 3, 1).contiguous()
 
 
-def _recorded(inputs: ScanInputs, h0: torch.Tensor | None) -> bool:
+def recorded(inputs: ScanInputs, h0: torch.Tensor | None) -> bool:
     """Whether autograd records operations on these inputs (training)."""
     tensors = (inputs.x, inputs.dt, inputs.A, inputs.B, inputs.C, h0)
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

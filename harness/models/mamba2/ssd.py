@@ -11,32 +11,29 @@ two low-rank terms, with cum_t = sum_{j <= t} dt_j A_j (log space, within the ch
     y_t  = sum_{s <= t} exp(cum_t - cum_s) (C_t . B_s) dt_s x_s   +   exp(cum_t) C_t h_0
     h_L  = exp(cum_L) h_0  +  sum_s exp(cum_L - cum_s) dt_s x_s B_s^T
 
-ssd_scan runs the chunks one after the other carrying h, so memory holds one chunk's L x L
-block per head and the output, whatever the sequence length: the faster form on CPU. On a GPU
-that costs a few kernel launches per chunk; ssd_scan_chunks computes the chunks of a piece
-together and the states entering them from one product with the chunks' decays:
+ssd_scan runs the chunks one after the other carrying h, in place, so memory holds one chunk's
+L x L block per head and the output, whatever the sequence length: the faster form on CPU, for
+inference. ssd_scan_chunks computes the chunks of a piece together and the states entering them
+from one product with the chunks' decays:
 
     h_in(k) = exp(tot_0 + ... + tot_{k-1}) h_0 + sum_{j < k} exp(tot_{j+1} + ... + tot_{k-1}) own_j
 
 (tot_j: chunk j's cum_L; own_j: its state at its end from a zero start), as mamba-ssm's
-ssd_minimal does, so a piece of up to piece_chunks chunks takes a fixed number of kernels.
+ssd_minimal does, so a piece of up to piece_chunks chunks takes a fixed number of kernels: the
+form for a GPU (a few launches per piece instead of per chunk) and for training (autograd).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from functools import cache
 
 import torch
-import torch.nn.functional as F
 
-from harness.models.recurrence import ScanInputs
+from harness.models.recurrence import ScanInputs, recorded
 
 BACKENDS = ("auto", "torch", "triton")
 TORCH_CHUNK = 64  # tokens per chunk of ssd_scan in the torch backend
 NEGLIGIBLE = -60.0  # log of a decay that counts as zero (exp(-60) ~ 1e-26)
-SMALLEST_DECAY = math.exp(NEGLIGIBLE)  # float32 rounds it up: a threshold keeps what is above
 
 
 class BackendError(ValueError):
@@ -53,71 +50,89 @@ def ssd_scan(
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (b, l, h, p), dt (b, l, h), A (h,) or (b, l, h), B and C (b, l, g, n), h0 (b, h, p, n)
-    -> y (b, l, h, p) without the D skip, final state (b, h, p, n). All float32."""
+    -> y (b, l, h, p) without the D skip, final state (b, h, p, n). All float32.
+
+    The chunks one after the other, written in place: no autograd (ssd_scan_chunks is the
+    differentiable form). Each group's state is kept as one matrix S (n, r p) over its r = h / g
+    heads. Within a chunk, for a head whose decay over the chunk stays above exp(NEGLIGIBLE)
+    (cum_L >= NEGLIGIBLE), with x_end_s = exp(cum_L - cum_s) dt_s x_s:
+
+        y_t = exp(cum_t - cum_L) [ C_t (exp(cum_L) h_0) + sum_{s <= t} (C_t . B_s) x_end_s ]
+        h_L = exp(cum_L) h_0 + sum_s x_end_s B_s^T
+
+    the terms of the form above (every factor within exp(+-60): no overflow, the same rounding),
+    as three products over all of a group's heads at once: C S, tril(C B^T) x_end, B^T x_end.
+    A head that forgets more within the chunk takes the direct form, one L x L decay per head.
+    """
     b, l, h, p = x.shape
-    n = B.shape[-1]
+    g, n = B.shape[-2:]
+    r = h // g
     log_alpha = dt * A  # (b, l, h)
-    dtx = x * dt[..., None]  # (b, l, h, p): the insertion is (dt x) B^T
-    state = x.new_zeros(b, h, p, n) if initial_state is None else initial_state
-    x_head = dtx.transpose(1, 2).contiguous()  # (b, h, l, p): a chunk's heads as matrices
-    y = torch.empty_like(x)
+    if initial_state is None:
+        state = x.new_zeros(b, g, n, r * p)
+    else:
+        state = initial_state.reshape(b, g, r * p, n).transpose(-1, -2).contiguous()
+    y = x.new_empty(b, l, g, r * p)
     for start in range(0, l, chunk_size):
         end = min(start + chunk_size, l)
-        y[:, start:end], state = _chunk(
-            dtx[:, start:end],
-            x_head[:, :, start:end],
-            log_alpha[:, start:end],
-            B[:, start:end],
-            C[:, start:end],
-            state,
-        )
-    return y, state
+        cum = log_alpha[:, start:end].cumsum(1).view(b, -1, g, r)  # cum_t
+        for i, j in itertools.product(range(b), range(g)):
+            _chunk(
+                x[i, start:end].view(-1, g, r, p)[:, j],
+                dt[i, start:end].view(-1, g, r)[:, j],
+                cum[i, :, j],
+                B[i, start:end, j],
+                C[i, start:end, j],
+                state[i, j],
+                y[i, start:end, j],
+            )
+    return y.view(b, l, h, p), state.transpose(-1, -2).reshape(b, h, p, n)
 
 
 def _chunk(
-    dtx: torch.Tensor,
-    x_head: torch.Tensor,
-    log_alpha: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    cum: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    h0: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk of L tokens. Heads are laid out as (g, r): r = h / g heads share B and C.
+    state: torch.Tensor,
+    y: torch.Tensor,
+) -> None:
+    """One chunk of L tokens of one group, in place: y (L, r p) written, the state S (n, r p)
+    carried from the chunk's start to its end. x (L, r, p), dt and cum (L, r), B and C (L, n)."""
+    L, r, p = x.shape
+    last = cum[-1]  # (r,): cum_L
+    strong = (last < NEGLIGIBLE).nonzero()[:, 0].tolist()  # heads for the direct form
+    if strong:
+        h0 = state.view(-1, r, p)[:, strong]
+        direct = _direct(x[:, strong] * dt[:, strong, None], cum[:, strong], B, C, h0)
 
-    dtx (b, L, h, p) and the same head-major, x_head (b, h, L, p); log_alpha (b, L, h), B and
-    C (b, L, g, n), h0 (b, h, p, n) -> y (b, L, h, p), h_L (b, h, p, n).
-    """
-    b, L, h, p = dtx.shape
-    g, n = B.shape[-2:]
-    r = h // g
-    cum = log_alpha.cumsum(1)  # (b, L, h): cum_t
-    exp_cum = _exp(cum).view(b, L, g, r)  # exp(cum_t): decay from the chunk's start
-    B = B.transpose(1, 2)  # (b, g, L, n)
-    C = C.transpose(1, 2)  # (b, g, L, n)
+    scores = (C @ B.T).tril_()  # (L, L): C_t . B_s for s <= t, else 0
+    x_end = (x * (dt * _exp(last - cum))[..., None]).view(L, r * p)  # exp(cum_L - cum_s) dt_s x_s
+    state.mul_(_exp(last)[:, None].expand(r, p).reshape(1, r * p))  # exp(cum_L) h_0
+    torch.mm(C, state, out=y)
+    y.addmm_(scores, x_end)
+    state.addmm_(B.T, x_end)
+    y.view(L, r, p).mul_(torch.exp((cum - last).clamp_(max=-NEGLIGIBLE))[..., None])
+    if strong:
+        y.view(L, r, p)[:, strong] = direct
 
-    # within the chunk, per head: decay[t, s] = exp(cum_t - cum_s) for s <= t, else 0. Cheap
-    # passes only: the exponent clamped to [NEGLIGIBLE, 0] (exp is several times slower on
-    # -inf and on what underflows), the decays at exp(NEGLIGIBLE) set to 0 by a threshold,
-    # the future (s > t) zeroed in the scores that every head's decay is multiplied by
-    cum_head = cum.transpose(1, 2).reshape(b, g, r, L)
-    segment = cum_head[..., :, None] - cum_head[..., None, :]  # (b, g, r, L, L)
-    decay = F.threshold(torch.exp(segment.clamp_(NEGLIGIBLE, 0.0)), SMALLEST_DECAY, 0.0)
-    scores = (C @ B.transpose(-1, -2)).tril_()  # (b, g, L, L): C_t . B_s for s <= t, else 0
-    y_diag = (decay * scores[:, :, None]) @ x_head.view(b, g, r, L, p)  # (b, g, r, L, p)
 
-    # from the state carried in: exp(cum_t) C_t h_0, one product per group over its r heads
-    h0 = h0.reshape(b, g, r * p, n)
-    y_state = (C @ h0.transpose(-1, -2)).view(b, g, L, r, p)  # (b, g, L, r, p)
-    y = torch.addcmul(y_diag.permute(0, 3, 1, 2, 4), y_state.transpose(1, 2), exp_cum[..., None])
-
-    # the state carried out: exp(cum_L) h_0 + sum_s exp(cum_L - cum_s) (dt x)_s B_s^T, the
-    # retention from s to the chunk's end being the last row of decay
-    to_end = decay[..., -1, :].permute(0, 3, 1, 2)  # (b, L, g, r)
-    x_end = (dtx.view(b, L, g, r, p) * to_end[..., None]).view(b, L, g, r * p)
-    inserted = x_end.permute(0, 2, 3, 1) @ B  # (b, g, r p, n)
-    decay_all = exp_cum[:, -1].view(b, g, r, 1, 1)  # exp(cum_L)
-    h_end = torch.addcmul(inserted.view(b, g, r, p, n), decay_all, h0.view(b, g, r, p, n))
-    return y.reshape(b, L, h, p), h_end.view(b, h, p, n)
+def _direct(
+    dtx: torch.Tensor, cum: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h0: torch.Tensor
+) -> torch.Tensor:
+    """y of k heads of a chunk in the direct form: dtx (L, k, p), cum (L, k), B and C (L, n),
+    h0 (n, k, p) -> y (L, k, p). decay[t, s] = exp(cum_t - cum_s) for s <= t, its exponent
+    clamped to [NEGLIGIBLE, 0] (exp is several times slower on -inf and on what underflows; a
+    decay raised to exp(-60) ~ 1e-26 is lost in float32 rounding beside the diagonal's 1; the
+    future, s > t, is zeroed by the scores)."""
+    L, k, p = dtx.shape
+    heads = cum.T  # (k, L)
+    decay = (heads[:, :, None] - heads[:, None, :]).clamp_(NEGLIGIBLE, 0.0).exp_()  # (k, L, L)
+    weights = decay.mul_((C @ B.T).tril_())
+    y = (weights @ dtx.transpose(0, 1)).transpose(0, 1)  # (L, k, p)
+    from_state = (C @ h0.reshape(-1, k * p)).view(L, k, p)  # C_t h_0
+    return y.addcmul_(from_state, _exp(cum)[..., None])
 
 
 def ssd_scan_chunks(
@@ -218,12 +233,6 @@ def _segment_sums(totals: torch.Tensor) -> torch.Tensor:
     return sums.masked_fill(~lower, -torch.inf)
 
 
-@cache
-def _above_diagonal(L: int, device: torch.device) -> torch.Tensor:
-    """(L, L) bool, True for s > t: the future, whose decay is 0."""
-    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
-
-
 def _exp(log_decay: torch.Tensor) -> torch.Tensor:
     """exp, with decays below exp(NEGLIGIBLE) set to 0: they are lost in float32 rounding anyway,
     and the subnormal numbers they would make slow CPU arithmetic down several times."""
@@ -259,9 +268,9 @@ def scan(
     backend: "torch", "triton" (mamba-ssm's kernels) or "auto" (triton on CUDA when mamba-ssm
     is installed). A single token takes the recurrent step on any backend. The torch backend
     takes chunks of at most TORCH_CHUNK tokens (the L x L block costs L per token; the chunk
-    changes the result by float32 rounding only): on CPU one chunk after the other (ssd_scan,
-    the faster there: a chunk's blocks stay in cache), elsewhere all chunks of a piece at once
-    (ssd_scan_chunks: a fixed number of kernel launches per piece).
+    changes the result by float32 rounding only): for inference on CPU one chunk after the other
+    (ssd_scan, the faster there: a chunk's blocks stay in cache), elsewhere and for training all
+    chunks of a piece at once (ssd_scan_chunks: a fixed number of kernel launches per piece).
     """
     x, dt, A, B, C = inputs.x, inputs.dt, inputs.A, inputs.B, inputs.C
     if x.shape[1] == 1:
@@ -270,7 +279,8 @@ def scan(
         from harness.models.mamba2.triton_scan import triton_scan
 
         return triton_scan(x, dt, A, B, C, chunk_size, h0)
-    torch_scan = ssd_scan if x.device.type == "cpu" else ssd_scan_chunks
+    in_place = x.device.type == "cpu" and not recorded(inputs, h0)
+    torch_scan = ssd_scan if in_place else ssd_scan_chunks
     return torch_scan(x, dt, A, B, C, min(chunk_size, TORCH_CHUNK), h0)
 
 
