@@ -59,8 +59,8 @@ class RMSNorm(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u (..., d) any dtype -> (..., d) in the weight's dtype."""
         u = u.float()
-        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.eps)
-        return u.to(self.weight.dtype) * self.weight
+        u = u * torch.rsqrt(mean_square(u) + self.eps)
+        return u.to(self.weight.dtype).mul_(self.weight)
 
 
 class GatedRMSNorm(nn.Module):
@@ -76,8 +76,13 @@ class GatedRMSNorm(nn.Module):
         """y (b, l, d) float32, z (b, l, d) -> (b, l, d) float32."""
         y = F.silu(z.float()).mul_(y)  # in place on fresh tensors: fewer passes over memory
         groups = y.view(*y.shape[:-1], -1, self.group_size)  # (b, l, g, d / g)
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        groups = groups * torch.rsqrt(mean_square(groups) + self.eps)
         return groups.view(y.shape).mul_(self.weight.float())
+
+
+def mean_square(u: torch.Tensor) -> torch.Tensor:
+    """u (..., d) -> the mean of u^2 over d, (..., 1), in one pass without a u^2 tensor."""
+    return torch.linalg.vector_norm(u, dim=-1, keepdim=True).square() / u.shape[-1]
 
 
 class Mixer(nn.Module):
