@@ -243,6 +243,9 @@ def losses(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from harness.models.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as harness does when it loads a model on CPU, for every engine here
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default="mamba1,rwkv6")
     parser.add_argument("--lengths", default="2048,4096")

@@ -18,6 +18,8 @@ the gates and the norms count nothing) over the rate of the in_proj matmul of a 
 ((2048 x 768) @ (768 x 3352) at 130m), timed in the same process before and after every pass,
 the best kept; "of floor" is the fraction of it that ours reaches. transformers runs at lengths
 up to --max-transformers only (beyond, its CPU path takes many minutes and GiBs).
+The process's allocator keeps freed memory for reuse (harness.models.allocator), as a harness
+run on CPU does, for both engines.
 
 Memory (--memory): every configuration in a fresh process that reports its own high-water mark
 (VmHWM in /proc/self/status; ru_maxrss is inherited from the parent process). "fwd peak" is the
@@ -273,6 +275,9 @@ def losses(args: argparse.Namespace, work: Path) -> None:
 
 
 def main() -> None:
+    from harness.models.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as harness does when it loads a model on CPU, for every engine here
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="130m")
     parser.add_argument("--lengths", default="4096,16384,65536")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.models.allocator import keep_freed_memory
 from harness.models.base import LanguageModel, ModelInfo
 from harness.models.bundled import bundled_models
 from harness.models.catalog import CATALOG, NEOX_TOKENIZER, ModelSpec
@@ -234,6 +235,10 @@ def pick_device(device: str) -> str:
 
 
 def load(source: ModelSource, device: str, dtype: torch.dtype, backend: str) -> LanguageModel:
+    """The model on `device` (on CPU, this process's allocator set to keep freed memory:
+    harness.models.allocator)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     if source.ref in TINY_MODELS:
         return TINY_MODELS[source.ref].build(device, dtype, backend)
     if source.family == "mamba2":
