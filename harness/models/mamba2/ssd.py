@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 
 from harness.models.recurrence import ScanInputs, recorded
 
@@ -66,56 +67,41 @@ def ssd_scan(
     """
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
-    r = h // g
-    log_alpha = dt * A  # (b, l, h)
+    r, L = h // g, chunk_size
+    c = -(-l // L)  # chunks; the last one padded with tokens of decay 1 that insert nothing
+    pad = (0, 0, 0, c * L - l)
+    cum = F.pad(dt * A, pad).view(b, c, L, g, r).cumsum(2)  # cum_t within each chunk
+    last = cum[:, :, -1:]  # (b, c, 1, g, r): cum_L
+    to_end = F.pad(dt, pad).view(b, c, L, g, r) * _exp(last - cum)  # exp(cum_L - cum_s) dt_s
+    from_end = torch.exp((cum - last).clamp_(max=-NEGLIGIBLE))  # exp(cum_t - cum_L)
+    kept = _exp(last)[..., None].expand(b, c, 1, g, r, p).reshape(b, c, 1, g, r * p)
+    strong: dict[tuple[int, int, int], list[int]] = {}  # (i, k, j) -> heads for the direct form
+    for i, k, j, head in (last[:, :, 0] < NEGLIGIBLE).nonzero().tolist():
+        strong.setdefault((i, k, j), []).append(head)
+
     if initial_state is None:
         state = x.new_zeros(b, g, n, r * p)
     else:
         state = initial_state.reshape(b, g, r * p, n).transpose(-1, -2).contiguous()
     y = x.new_empty(b, l, g, r * p)
-    for start in range(0, l, chunk_size):
-        end = min(start + chunk_size, l)
-        cum = log_alpha[:, start:end].cumsum(1).view(b, -1, g, r)  # cum_t
-        for i, j in itertools.product(range(b), range(g)):
-            _chunk(
-                x[i, start:end].view(-1, g, r, p)[:, j],
-                dt[i, start:end].view(-1, g, r)[:, j],
-                cum[i, :, j],
-                B[i, start:end, j],
-                C[i, start:end, j],
-                state[i, j],
-                y[i, start:end, j],
-            )
+    for k, (i, j) in itertools.product(range(c), itertools.product(range(b), range(g))):
+        lo, hi = k * L, min(k * L + L, l)
+        x_k, y_k = x[i, lo:hi].view(-1, g, r, p)[:, j], y[i, lo:hi, j]  # (T, r, p), (T, r p)
+        B_k, C_k, S = B[i, lo:hi, j], C[i, lo:hi, j], state[i, j]  # (T, n), (T, n), (n, r p)
+        heads = strong.get((i, k, j))
+        if heads:
+            dtx = x_k[:, heads] * dt[i, lo:hi].view(-1, g, r)[:, j, heads, None]
+            h0 = S.view(n, r, p)[:, heads]
+            direct = _direct(dtx, cum[i, k, : hi - lo, j, heads], B_k, C_k, h0)
+        x_end = (x_k * to_end[i, k, : hi - lo, j, :, None]).view(-1, r * p)
+        S.mul_(kept[i, k, :, j])  # exp(cum_L) h_0
+        torch.mm(C_k, S, out=y_k)
+        y_k.addmm_(C_k.mm(B_k.T).tril_(), x_end)  # C_t . B_s for s <= t, else 0
+        S.addmm_(B_k.T, x_end)
+        y_k.view(-1, r, p).mul_(from_end[i, k, : hi - lo, j, :, None])
+        if heads:
+            y_k.view(-1, r, p)[:, heads] = direct
     return y.view(b, l, h, p), state.transpose(-1, -2).reshape(b, h, p, n)
-
-
-def _chunk(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    cum: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    state: torch.Tensor,
-    y: torch.Tensor,
-) -> None:
-    """One chunk of L tokens of one group, in place: y (L, r p) written, the state S (n, r p)
-    carried from the chunk's start to its end. x (L, r, p), dt and cum (L, r), B and C (L, n)."""
-    L, r, p = x.shape
-    last = cum[-1]  # (r,): cum_L
-    strong = (last < NEGLIGIBLE).nonzero()[:, 0].tolist()  # heads for the direct form
-    if strong:
-        h0 = state.view(-1, r, p)[:, strong]
-        direct = _direct(x[:, strong] * dt[:, strong, None], cum[:, strong], B, C, h0)
-
-    scores = (C @ B.T).tril_()  # (L, L): C_t . B_s for s <= t, else 0
-    x_end = (x * (dt * _exp(last - cum))[..., None]).view(L, r * p)  # exp(cum_L - cum_s) dt_s x_s
-    state.mul_(_exp(last)[:, None].expand(r, p).reshape(1, r * p))  # exp(cum_L) h_0
-    torch.mm(C, state, out=y)
-    y.addmm_(scores, x_end)
-    state.addmm_(B.T, x_end)
-    y.view(L, r, p).mul_(torch.exp((cum - last).clamp_(max=-NEGLIGIBLE))[..., None])
-    if strong:
-        y.view(L, r, p)[:, strong] = direct
 
 
 def _direct(
