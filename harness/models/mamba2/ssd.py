@@ -11,10 +11,10 @@ two low-rank terms, with cum_t = sum_{j <= t} dt_j A_j (log space, within the ch
     y_t  = sum_{s <= t} exp(cum_t - cum_s) (C_t . B_s) dt_s x_s   +   exp(cum_t) C_t h_0
     h_L  = exp(cum_L) h_0  +  sum_s exp(cum_L - cum_s) dt_s x_s B_s^T
 
-ssd_scan runs the chunks one after the other carrying h, in place, so memory holds one chunk's
-L x L block per head and the output, whatever the sequence length: the faster form on CPU, for
-inference. ssd_scan_chunks computes the chunks of a piece together and the states entering them
-from one product with the chunks' decays:
+ssd_scan runs the chunks one after the other carrying h, in place, each as three matrix
+products over all heads (see there): the faster form on CPU, for inference. ssd_scan_chunks
+computes the chunks of a piece together and the states entering them from one product with the
+chunks' decays:
 
     h_in(k) = exp(tot_0 + ... + tot_{k-1}) h_0 + sum_{j < k} exp(tot_{j+1} + ... + tot_{k-1}) own_j
 
@@ -73,7 +73,8 @@ def ssd_scan(
     cum = F.pad(dt * A, pad).view(b, c, L, g, r).cumsum(2)  # cum_t within each chunk
     last = cum[:, :, -1:]  # (b, c, 1, g, r): cum_L
     to_end = F.pad(dt, pad).view(b, c, L, g, r) * _exp(last - cum)  # exp(cum_L - cum_s) dt_s
-    from_end = torch.exp((cum - last).clamp_(max=-NEGLIGIBLE))  # exp(cum_t - cum_L)
+    # exp(cum_t - cum_L), clamped where a head forgets past NEGLIGIBLE (the direct form's then)
+    from_end = torch.exp((cum - last).clamp_(max=-NEGLIGIBLE))
     kept = _exp(last)[..., None].expand(b, c, 1, g, r, p).reshape(b, c, 1, g, r * p)
     strong: dict[tuple[int, int, int], list[int]] = {}  # (i, k, j) -> heads for the direct form
     for i, k, j, head in (last[:, :, 0] < NEGLIGIBLE).nonzero().tolist():
@@ -88,15 +89,16 @@ def ssd_scan(
         lo, hi = k * L, min(k * L + L, l)
         x_k, y_k = x[i, lo:hi].view(-1, g, r, p)[:, j], y[i, lo:hi, j]  # (T, r, p), (T, r p)
         B_k, C_k, S = B[i, lo:hi, j], C[i, lo:hi, j], state[i, j]  # (T, n), (T, n), (n, r p)
+        scores = C_k.mm(B_k.T).tril_()  # (T, T): C_t . B_s for s <= t, else 0
         heads = strong.get((i, k, j))
         if heads:
             dtx = x_k[:, heads] * dt[i, lo:hi].view(-1, g, r)[:, j, heads, None]
             h0 = S.view(n, r, p)[:, heads]
-            direct = _direct(dtx, cum[i, k, : hi - lo, j, heads], B_k, C_k, h0)
+            direct = _direct(dtx, cum[i, k, : hi - lo, j, heads], scores, C_k, h0)
         x_end = (x_k * to_end[i, k, : hi - lo, j, :, None]).view(-1, r * p)
         S.mul_(kept[i, k, :, j])  # exp(cum_L) h_0
         torch.mm(C_k, S, out=y_k)
-        y_k.addmm_(C_k.mm(B_k.T).tril_(), x_end)  # C_t . B_s for s <= t, else 0
+        y_k.addmm_(scores, x_end)
         S.addmm_(B_k.T, x_end)
         y_k.view(-1, r, p).mul_(from_end[i, k, : hi - lo, j, :, None])
         if heads:
@@ -105,17 +107,19 @@ def ssd_scan(
 
 
 def _direct(
-    dtx: torch.Tensor, cum: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h0: torch.Tensor
+    dtx: torch.Tensor, cum: torch.Tensor, scores: torch.Tensor, C: torch.Tensor, h0: torch.Tensor
 ) -> torch.Tensor:
-    """y of k heads of a chunk in the direct form: dtx (L, k, p), cum (L, k), B and C (L, n),
-    h0 (n, k, p) -> y (L, k, p). decay[t, s] = exp(cum_t - cum_s) for s <= t, its exponent
-    clamped to [NEGLIGIBLE, 0] (exp is several times slower on -inf and on what underflows; a
-    decay raised to exp(-60) ~ 1e-26 is lost in float32 rounding beside the diagonal's 1; the
-    future, s > t, is zeroed by the scores)."""
+    """y of k heads of a chunk in the direct form: dtx (L, k, p), cum (L, k), scores (L, L) the
+    C_t . B_s for s <= t (else 0), C (L, n), h0 (n, k, p) -> y (L, k, p).
+
+    decay[t, s] = exp(cum_t - cum_s) for s <= t, its exponent clamped to [NEGLIGIBLE, 0] (exp is
+    several times slower on -inf and on what underflows; a decay raised to exp(-60) ~ 1e-26 is
+    lost in float32 rounding beside the diagonal's 1; the future, s > t, is zeroed by the
+    scores)."""
     L, k, p = dtx.shape
     heads = cum.T  # (k, L)
     decay = (heads[:, :, None] - heads[:, None, :]).clamp_(NEGLIGIBLE, 0.0).exp_()  # (k, L, L)
-    weights = decay.mul_((C @ B.T).tril_())
+    weights = decay.mul_(scores)
     y = (weights @ dtx.transpose(0, 1)).transpose(0, 1)  # (L, k, p)
     from_state = (C @ h0.reshape(-1, k * p)).view(L, k, p)  # C_t h_0
     return y.addcmul_(from_state, _exp(cum)[..., None])
@@ -255,7 +259,7 @@ def scan(
     is installed). A single token takes the recurrent step on any backend. The torch backend
     takes chunks of at most TORCH_CHUNK tokens (the L x L block costs L per token; the chunk
     changes the result by float32 rounding only): for inference on CPU one chunk after the other
-    (ssd_scan, the faster there: a chunk's blocks stay in cache), elsewhere and for training all
+    (ssd_scan, the faster there: a chunk's products stay in cache), elsewhere and for training all
     chunks of a piece at once (ssd_scan_chunks: a fixed number of kernel launches per piece).
     """
     x, dt, A, B, C = inputs.x, inputs.dt, inputs.A, inputs.B, inputs.C
