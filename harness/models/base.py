@@ -190,7 +190,7 @@ class RecurrentLM(LanguageModel):
     hooks: Hooks | None = None
 
     def __init__(self, module: torch.nn.Module, tokenizer: TextCodec, info: ModelInfo) -> None:
-        self.module = module
+        self.module = module.eval().requires_grad_(False)  # evaluated, never trained here
         self.tokenizer = tokenizer
         self.info = info
         self.eos_token_id = tokenizer.eos_token_id

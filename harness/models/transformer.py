@@ -29,7 +29,7 @@ class TransformerLM(LanguageModel):
     def __init__(
         self, module: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: ModelInfo
     ) -> None:
-        self.module = module.eval()
+        self.module = module.eval().requires_grad_(False)  # evaluated, never trained here
         self.tokenizer = tokenizer
         self.info = info
         self.eos_token_id = tokenizer.eos_token_id
