@@ -32,16 +32,14 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from fresh_process import fresh, peak_of
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # family -> the shape it is benchmarked on
     "mamba1": {"d_model": 768, "n_layer": 24, "d_state": 16, "vocab_size": 50280},  # 130m
     "rwkv6": {"d_model": 768, "n_layer": 12, "head_size": 64, "vocab_size": 65536},
@@ -50,63 +48,85 @@ PEERS = {"mamba1": "transformers", "rwkv6": "rwkv"}  # family -> the engine it i
 WARMUP_TOKENS = 64
 LOSS_LENGTHS = (65536, 1 << 20)
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # ids (1, l) -> float32 logits of the last token
+Forward = Callable[[torch.Tensor], torch.Tensor]  # ids (1, l) -> float32 logits
 
 
-def status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024  # kB
-    raise KeyError(field)
-
-
-def reset_peak() -> bool:
-    """Set VmHWM to the current VmRSS (Linux >= 4.0); False where that is not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def save_weights(family: str, directory: Path) -> Path:
-    """Random weights (seed 0) in the peer's format: -> the path both engines load."""
+def save_weights(family: str, directory: Path, shape: dict | None = None) -> Path:
+    """Random weights (seed 0) in the peer's format, of `shape` (Config fields; default
+    SHAPES[family]): -> the path both engines load."""
     torch.manual_seed(0)
+    fields = shape or SHAPES[family]
     if family == "mamba1":
         from harness.models.mamba1 import Mamba1, Mamba1Config, save_pretrained
 
-        return save_pretrained(Mamba1(Mamba1Config(**SHAPES[family])), directory, format="hf")
+        return save_pretrained(Mamba1(Mamba1Config(**fields)), directory, format="hf")
     from harness.models.rwkv6 import Rwkv6, Rwkv6Config, save_blinkdl
     from harness.models.tiny import randomize_rwkv6
 
-    model = Rwkv6(Rwkv6Config(**SHAPES[family]))
+    model = Rwkv6(Rwkv6Config(**fields))
     randomize_rwkv6(model, std=0.02)  # RWKV-6 builds zeros: finite, varied values
     return save_blinkdl(model, directory / "rwkv6.pth")
 
 
-def load_engine(family: str, engine: str, weights: Path) -> Forward:
-    if family == "mamba1" and engine == "ours":
+def load_ours(
+    family: str,
+    weights: Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    if family == "mamba1":
         from harness.models.mamba1 import load_mamba1
 
-        model = load_mamba1(weights).eval()
-        return lambda ids: model(ids, last_only=True)[0][:, -1]
-    if family == "rwkv6" and engine == "ours":
-        from harness.models.rwkv6 import load_rwkv6
+        return load_mamba1(weights, device=device, dtype=dtype).eval()
+    from harness.models.rwkv6 import load_rwkv6
 
-        model = load_rwkv6(weights).eval()
-        return lambda ids: model(ids, last_only=True)[0][:, -1]
+    return load_rwkv6(weights, device=device, dtype=dtype).eval()
+
+
+def load_engine(
+    family: str,
+    engine: str,
+    weights: Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    last_only: bool = True,
+) -> Forward:
+    """-> ids (1, l) on `device` -> float32 logits, (1, vocab) of the last token with
+    `last_only`, else (1, l, vocab) (ours: the padded vocabulary)."""
+    if engine == "ours":
+        model = load_ours(family, weights, device, dtype)
+        if last_only:
+            return lambda ids: model(ids, last_only=True)[0][:, -1]
+        return lambda ids: model(ids)[0]
     if family == "mamba1":
         from transformers import MambaForCausalLM
 
-        hf = MambaForCausalLM.from_pretrained(weights).eval()
-        return lambda ids: hf(ids, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        torch_path_mamba()
+        hf = MambaForCausalLM.from_pretrained(weights, dtype=dtype).to(device).eval()
+        if last_only:
+            return lambda ids: hf(ids, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        return lambda ids: hf(ids, use_cache=False).logits.float()
     os.environ["RWKV_JIT_ON"] = "0"  # read when rwkv.model is first imported
-    os.environ["RWKV_CUDA_ON"] = "0"
+    os.environ["RWKV_CUDA_ON"] = "0"  # its plain-torch path, no kernel compiled
     from rwkv.model import RWKV
 
-    package = RWKV(model=str(weights), strategy="cpu fp32", verbose=False)
-    return lambda ids: package.forward(ids[0].tolist(), None)[0][None].float()
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    strategy = f"{torch.device(device).type} {precision}"
+    package = RWKV(model=str(weights), strategy=strategy, verbose=False)
+    if last_only:
+        return lambda ids: package.forward(ids[0].tolist(), None)[0][None].float()
+    return lambda ids: package.forward(ids[0].tolist(), None, full_output=True)[0][None].float()
+
+
+def torch_path_mamba() -> None:
+    """transformers' Mamba calls mamba-ssm's and causal-conv1d's kernels where those import
+    (bench/gpu_check.sh installs mamba-ssm): the peer here is its pure-torch path, so the
+    decorated scan and conv are set back to the functions they wrap."""
+    from transformers.models.mamba import modeling_mamba
+
+    for name in ("causal_conv1d_fn", "mamba_selective_scan"):
+        function = getattr(modeling_mamba, name)
+        setattr(modeling_mamba, name, getattr(function, "__wrapped__", function))
 
 
 def timed(run: Forward, ids: torch.Tensor) -> dict[str, float]:
@@ -181,11 +201,9 @@ def memory_worker(family: str, engine: str, weights: Path, length: int) -> dict[
     ids = torch.randint(0, SHAPES[family]["vocab_size"], (1, length), generator=seeded())
     with torch.inference_mode():
         run(ids[:, :WARMUP_TOKENS])
-        loaded = status_mb("VmRSS")
-        reset = reset_peak()
-        assert torch.isfinite(run(ids)).all()
-    peak = status_mb("VmHWM")
-    return {"peak_mb": peak, "forward_peak_mb": peak - loaded if reset else float("nan")}
+        logits, peaks = peak_of(lambda: run(ids))
+    assert torch.isfinite(logits).all()
+    return peaks
 
 
 def losses_worker(model: str, length: int, chunk: int) -> dict[str, float]:
@@ -196,23 +214,9 @@ def losses_worker(model: str, length: int, chunk: int) -> dict[str, float]:
     lm = TINY_MODELS[model].build("cpu", torch.float32, "torch")
     ids = torch.randint(0, 256, (length,), generator=seeded())
     lm.token_losses(ids[: 2 * chunk], chunk=chunk)
-    loaded = status_mb("VmRSS")
-    reset = reset_peak()
-    losses = lm.token_losses(ids, chunk=chunk)
+    losses, peaks = peak_of(lambda: lm.token_losses(ids, chunk=chunk))
     assert losses.shape == (length - 1,) and torch.isfinite(losses).all()
-    peak = status_mb("VmHWM")
-    return {"peak_mb": peak, "forward_peak_mb": peak - loaded if reset else float("nan")}
-
-
-def fresh(*args: str) -> dict[str, float]:
-    """One worker in a fresh interpreter."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        raise RuntimeError(f"worker {args} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return peaks
 
 
 def memory(args: argparse.Namespace, work: Path) -> None:
@@ -223,7 +227,7 @@ def memory(args: argparse.Namespace, work: Path) -> None:
         for length, engine in itertools.product(lengths, ("ours", PEERS[family])):
             if engine != "ours" and length > args.max_peer:
                 continue
-            r = fresh("memory", family, engine, str(weights), str(length))
+            r = fresh(__file__, "memory", family, engine, str(weights), str(length))
             label = f"{family} {length:>6} {engine}"
             print(f"{label:<30} {r['peak_mb']:>10.0f} {r['forward_peak_mb']:>10.0f}", flush=True)
 
@@ -231,7 +235,7 @@ def memory(args: argparse.Namespace, work: Path) -> None:
 def losses(args: argparse.Namespace) -> None:
     for family in args.families.split(","):
         model = f"tiny-{family}"
-        results = [fresh("losses", model, str(n), str(args.chunk)) for n in LOSS_LENGTHS]
+        results = [fresh(__file__, "losses", model, str(n), str(args.chunk)) for n in LOSS_LENGTHS]
         for n, r in zip(LOSS_LENGTHS, results, strict=True):
             print(
                 f"{model} token_losses {n:>8} chunk {args.chunk}: peak {r['peak_mb']:.0f} MiB, "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One go on a lent GPU machine (no network there): install what is missing from wheels carried
-# in, then GPU parity and benchmarks (bench/gpu_check.py). Exits non-zero on a parity failure.
+# in, then GPU parity and benchmarks of Mamba-2, Mamba-1 and RWKV-6 (bench/gpu_check.py). Exits
+# non-zero on a parity failure.
 #
 #   bench/gpu_check.sh                       # wheels: ./wheels; figures: $OUT or ./gpu_check_out
 #   WHEELS=/path/to/wheels bench/gpu_check.sh
@@ -12,13 +13,15 @@
 #
 # Preparing the wheels, on a machine with network and the GPU machine's Python and platform
 # (python3 -c 'import sys, platform; print(sys.version, platform.machine())'):
-#   pip download -d wheels .                 # this project's dependencies (torch, transformers...)
+#   pip download -d wheels '.[rwkv]'         # this project's dependencies (torch, transformers,
+#                                            # the rwkv package: RWKV-6's peer)
 #   pip download -d wheels 'triton>=3.0'
 #   # mamba-ssm is a source package on PyPI; build its wheel once where CUDA and torch match
 #   # the GPU machine (or take the prebuilt one from its GitHub release for that torch/CUDA):
 #   pip wheel --no-deps --no-build-isolation -w wheels 'mamba-ssm>=2.2'
 # then copy wheels/ into the repository tree (it is not committed) or pass WHEELS=...
-# Without mamba-ssm wheels the Triton backend is reported as skipped; the rest runs.
+# Without mamba-ssm wheels the Triton backend is reported as skipped, without rwkv the RWKV-6
+# peer; the rest runs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +48,9 @@ if ! "$PYTHON" -c 'import harness, torch, transformers, safetensors' 2>/dev/null
 fi
 if ! "$PYTHON" -c 'import mamba_ssm, triton' 2>/dev/null; then
     offline_install 'triton>=3.0' 'mamba-ssm>=2.2'
+fi
+if ! "$PYTHON" -c 'import rwkv' 2>/dev/null; then
+    offline_install 'rwkv>=0.8.30'
 fi
 "$PYTHON" -c 'import harness, torch, transformers' # fail here, clearly, if still missing
 

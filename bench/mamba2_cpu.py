@@ -34,16 +34,14 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from fresh_process import fresh, peak_of
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # name -> Mamba2Config fields
     "130m": {"d_model": 768, "n_layer": 24, "vocab_size": 50288},
     "tiny": {"d_model": 64, "n_layer": 2, "vocab_size": 256, "d_state": 32, "headdim": 16},
@@ -51,23 +49,6 @@ SHAPES = {  # name -> Mamba2Config fields
 ENGINES = ("ours", "transformers")
 WARMUP_TOKENS = 256
 FLOOR_PIECE = 2048  # tokens of the matmul that sets the floor (the engine's CPU piece)
-
-
-def status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024  # kB
-    raise KeyError(field)
-
-
-def reset_peak() -> bool:
-    """Set VmHWM to the current VmRSS (Linux >= 4.0); False where that is not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def save_weights(shape: str, directory: Path) -> None:
@@ -202,16 +183,9 @@ def memory_worker(engine: str, weights: Path, length: int, mode: str) -> dict[st
     ids = torch.randint(0, vocab, (1, length), generator=seeded())
     with torch.inference_mode():
         run(ids[:, :WARMUP_TOKENS])
-        loaded = status_mb("VmRSS")
-        reset = reset_peak()
-        logits = run(ids)
+        logits, peaks = peak_of(lambda: run(ids))
         assert torch.isfinite(logits[:, -1]).all()
-    peak = status_mb("VmHWM")
-    return {
-        "peak_mb": peak,
-        "forward_peak_mb": peak - loaded if reset else float("nan"),
-        "logits_mb": logits.numel() * 4 / 2**20,
-    }
+    return peaks | {"logits_mb": logits.numel() * 4 / 2**20}
 
 
 def losses_worker(weights: Path, length: int, chunk: int) -> dict[str, float]:
@@ -226,23 +200,9 @@ def losses_worker(weights: Path, length: int, chunk: int) -> dict[str, float]:
     lm = Mamba2LM(module, byte_tokenizer(), info, backend="torch")
     ids = torch.randint(0, 256, (length,), generator=seeded())
     lm.token_losses(ids[: 2 * chunk], chunk=chunk)
-    loaded = status_mb("VmRSS")
-    reset = reset_peak()
-    losses = lm.token_losses(ids, chunk=chunk)
+    losses, peaks = peak_of(lambda: lm.token_losses(ids, chunk=chunk))
     assert losses.shape == (length - 1,) and torch.isfinite(losses).all()
-    peak = status_mb("VmHWM")
-    return {"peak_mb": peak, "forward_peak_mb": peak - loaded if reset else float("nan")}
-
-
-def fresh(*args: str) -> dict[str, float]:
-    """One worker in a fresh interpreter."""
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        raise RuntimeError(f"worker {args} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return peaks
 
 
 def memory(args: argparse.Namespace, work: Path) -> None:
@@ -254,7 +214,7 @@ def memory(args: argparse.Namespace, work: Path) -> None:
             for engine in args.engines.split(","):
                 if engine == "transformers" and length > args.max_transformers:
                     continue
-                r = fresh("memory", engine, str(work / shape), str(length), mode)
+                r = fresh(__file__, "memory", engine, str(work / shape), str(length), mode)
                 label = f"{shape} {length:>6} {mode:<4} {engine}"
                 beyond = r["forward_peak_mb"] - r["logits_mb"]
                 print(
@@ -267,7 +227,9 @@ def memory(args: argparse.Namespace, work: Path) -> None:
 def losses(args: argparse.Namespace, work: Path) -> None:
     save_weights("tiny", work / "tiny")
     lengths = [65536, 1 << 20]
-    results = [fresh("losses", str(work / "tiny"), str(n), str(args.chunk)) for n in lengths]
+    results = [
+        fresh(__file__, "losses", str(work / "tiny"), str(n), str(args.chunk)) for n in lengths
+    ]
     for n, r in zip(lengths, results, strict=True):
         print(f"tiny token_losses {n:>8} chunk {args.chunk}: peak {r['peak_mb']:.0f} MiB")
     ratio = results[1]["peak_mb"] / results[0]["peak_mb"]

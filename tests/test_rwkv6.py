@@ -172,3 +172,13 @@ def test_a_blinkdl_file_runs_through_harness_run(blinkdl: Path, tmp_path: Path) 
     rows = ds.dataset(out / "perplexity", partitioning="hive").to_table().to_pylist()
     assert {r["family"] for r in rows} == {"rwkv6"} and {r["status"] for r in rows} == {"ok"}
     assert rows[0]["state_size"] == 2 * 4 * 8 * 8  # layers x heads x head size^2
+
+
+def test_bfloat16_weights_run_near_float32(blinkdl: Path) -> None:
+    """bfloat16 weights: the scan's output is float32, its group norm runs in float32 too."""
+    ids = torch.randint(0, VOCAB, (1, 64), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        f32 = load_rwkv6(blinkdl)(ids)[0]
+        bf16 = load_rwkv6(blinkdl, dtype=torch.bfloat16)(ids)[0]
+    assert bf16.dtype == torch.float32
+    assert (bf16 - f32).abs().max() < 0.05 * f32.abs().max()

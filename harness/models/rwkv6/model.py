@@ -152,7 +152,11 @@ class TimeMix(nn.Module):
         )
         o, carried = run_scan(self.layer, inputs, carried, hooks, exclusive_scan)
         o = o + bonus(r, k, v, self.time_faaaa.float())
-        o = self.ln_x(o.reshape(b * length, C)).view(b, length, C)
+        norm = self.ln_x  # in float32 whatever the weights' dtype, as o is
+        o = F.group_norm(
+            o.reshape(b * length, C), H, norm.weight.float(), norm.bias.float(), norm.eps
+        )
+        o = o.view(b, length, C)
         return self.output(o.to(xx.dtype) * F.silu(self.gate(xg))), carried
 
 
