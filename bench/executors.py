@@ -53,8 +53,8 @@ def load() -> str:
     return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
-def timed_run(args: list[str]) -> tuple[float, dict]:
-    """Wall seconds of one `harness run` into a fresh folder, and its run manifest."""
+def timed_run(args: list[str]) -> tuple[float, dict, Path]:
+    """Wall seconds of one `harness run` into a fresh folder, its run manifest, the folder."""
     out = Path(tempfile.mkdtemp(prefix="bench-executors-"))
     started = time.perf_counter()
     code = main(["run", *args, "--out", str(out)])
@@ -62,14 +62,14 @@ def timed_run(args: list[str]) -> tuple[float, dict]:
     if code != 0:
         raise SystemExit(f"harness run {' '.join(args)} exited {code}")
     manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
-    return wall, manifest
+    return wall, manifest, out
 
 
 def local_workers() -> None:
-    one, manifest = timed_run(LOCAL_PLAN)
+    one, manifest, _ = timed_run(LOCAL_PLAN)
     units = manifest["units"]["run"]
     before = load()
-    two, _ = timed_run([*LOCAL_PLAN, "--workers", "2"])
+    two, _, _ = timed_run([*LOCAL_PLAN, "--workers", "2"])
     print(
         f"local: {units} units; 1 process {one:.1f} s ({units / one:.2f} units/s); "
         f"--workers 2 {two:.1f} s ({units / two:.2f} units/s); speed-up {one / two:.2f}x "
@@ -85,12 +85,11 @@ def ray_overhead(address: str, jobs: int) -> None:
     lengths = ",".join(str(300 + 10 * i) for i in range(jobs))
     plan = ["--models", "tiny-mamba2", "--tasks", "passkey", "--lengths", lengths]
     plan += ["--samples", "1"]
-    local, _ = timed_run(plan)
+    local, _, _ = timed_run(plan)
     started = time.time()
-    wall, manifest = timed_run(
+    wall, manifest, out = timed_run(
         [*plan, "--executor", "ray", "--ray-address", address, "--workers", str(jobs)]
     )
-    out = Path(manifest["config"]["out"])
     found = [json.loads(p.read_text()) for p in (out / "runs" / manifest["run_id"]).glob("*")]
     gaps, first = [], []
     for pid in {w["pid"] for w in found}:

@@ -125,7 +125,8 @@ def write_readme(out: Path, models: list[str], multiples: list[int]) -> None:
 
 
 def _short(spec: str, out: Path) -> str:
-    """A calibrated file's spec without the folder it was written to."""
+    """A calibrated file's spec without the folder it was written to (results written before
+    a spec named its file by name alone, as in results/reference/mitigations, have it)."""
     return spec.replace(str(out / "calibration") + "/", "")
 
 

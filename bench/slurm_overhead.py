@@ -37,8 +37,8 @@ def load() -> str:
     return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
-def timed_run(args: list[str]) -> tuple[float, dict]:
-    """Wall seconds of one `harness run` into a fresh folder, and its run manifest."""
+def timed_run(args: list[str]) -> tuple[float, dict, Path]:
+    """Wall seconds of one `harness run` into a fresh folder, its run manifest, the folder."""
     out = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
     started = time.perf_counter()
     code = main(["run", *args, "--out", str(out)])
@@ -46,7 +46,7 @@ def timed_run(args: list[str]) -> tuple[float, dict]:
     if code != 0:
         raise SystemExit(f"harness run {' '.join(args)} exited {code}")
     manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
-    return wall, manifest
+    return wall, manifest, out
 
 
 def seconds(command: list[str], repeat: int = 3) -> float:
@@ -77,10 +77,9 @@ def cli() -> None:
     lengths = ",".join(str(300 + 10 * i) for i in range(args.jobs))
     plan = ["--models", "tiny-mamba2", "--tasks", "passkey", "--lengths", lengths]
     plan += ["--samples", "1"]
-    local, _ = timed_run(plan)
+    local, _, _ = timed_run(plan)
     print(f"local: {args.jobs} units in one process {local:.1f} s; {load()}")
-    wall, manifest = timed_run([*plan, "--executor", "slurm", "--workers", str(args.jobs)])
-    out = Path(manifest["config"]["out"])
+    wall, manifest, out = timed_run([*plan, "--executor", "slurm", "--workers", str(args.jobs)])
     workers = list((out / "runs" / manifest["run_id"]).glob("*.json"))
     work = sum(json.loads(p.read_text())["wall_time_s"] for p in workers)
     ran, width = len(manifest["jobs"]), slots()

@@ -9,7 +9,8 @@ what determines a result changes, and only then.
   fixed seed).
 - A catalog or hub model: its repo id and the commit of the snapshot huggingface_hub has
   cached, when it has one.
-- A mitigation input file (`dt-scale:file=...`): a hash of its bytes.
+- A mitigation input file (`dt-scale:file=...`): a hash of its bytes (the unit id digests it in
+  place of the path, so how the path is written and where the file lies do not count).
 
 Hashing a checkpoint of several GB on every run is too slow, so file digests are cached by
 (resolved path, size, mtime_ns, inode) in a JSON file in $HARNESS_CACHE_DIR, else
@@ -222,7 +223,7 @@ def clashes(out: Path, models: list[ModelSource]) -> list[str]:
 
 
 def input_identities(mitigation: Mitigation) -> dict[str, str]:
-    """Each file the mitigation reads (as written in its spec) -> its content identity."""
+    """Each file the mitigation reads (its path as given) -> its content identity."""
     found = {str(p): CACHE.digest(Path(p))[:LENGTH] for p in mitigation.input_files()}
     CACHE.save()
     return found

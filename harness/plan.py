@@ -247,12 +247,13 @@ def check_backend(backend: str, device: str) -> None:
 class Unit:
     """One model x mitigation x task unit.
 
-    `id` identifies what the unit computes, by content: task, model identity, mitigation spec
-    and the identities of the files it reads, unit parameters, dtype; it never depends on
-    where the checkout or the model folder lives. `slot` names its part file: task, `model=`
-    name, mitigation spec, unit parameters and dtype, so a unit whose model (under a name
-    kept across versions: catalog, bundled) or mitigation file changed replaces its part
-    instead of adding rows beside it.
+    `id` identifies what the unit computes, by content: task, model identity, the mitigation
+    with each input file named by its content identity (`Mitigation.content_spec`), unit
+    parameters, dtype; it never depends on where the checkout, the model folder or a
+    mitigation file lives, nor on how a path was written. `slot` names its part file: task,
+    `model=` name, mitigation spec (which names an input file by its file name), unit
+    parameters and dtype, so a unit whose model (under a name kept across versions: catalog,
+    bundled) or mitigation file changed replaces its part instead of adding rows beside it.
     """
 
     task: Task
@@ -261,18 +262,48 @@ class Unit:
     params: dict[str, Any]
     dtype: str
     model_id: str = field(init=False)
-    inputs: dict[str, str] = field(init=False)  # mitigation input file -> content identity
+    inputs: dict[str, str] = field(init=False)  # mitigation input file name -> content identity
     id: str = field(init=False)
     slot: str = field(init=False)
 
     def __post_init__(self) -> None:
         model_id = self.model.id or identity.model_identity(self.model)
-        inputs = identity.input_identities(self.mitigation)
+        digests = identity.input_identities(self.mitigation)
+        content = self.mitigation.content_spec(digests)
         what = [self.task.name, self.mitigation.spec, self.params, self.dtype]
         object.__setattr__(self, "model_id", model_id)
-        object.__setattr__(self, "inputs", inputs)
-        object.__setattr__(self, "id", _digest([*what, model_id, inputs]))
+        object.__setattr__(self, "inputs", {Path(p).name: d for p, d in digests.items()})
+        # the trailing {} keeps the ids of units without input files as they were before
+        # files were named by content (the digested list then ended with the empty inputs map)
+        computed = [self.task.name, content, self.params, self.dtype, model_id, {}]
+        object.__setattr__(self, "id", _digest(computed))
         object.__setattr__(self, "slot", _digest([*what, self.model.name]))
+
+
+def distinct(mitigations: list[Mitigation]) -> list[Mitigation]:
+    """Each mitigation once: two that read the same bytes (one file through two paths, or a
+    copy) are one, the first kept. Refused: two files of one name with different bytes,
+    whose results would share the `mitigation=` folder (the spec names a file by its name)."""
+    kept: dict[str, Mitigation] = {}
+    by_spec: dict[str, tuple[str, Mitigation]] = {}
+    for mitigation in mitigations:
+        digests = identity.input_identities(mitigation)
+        names = [Path(p).name for p in digests]
+        if len(set(names)) < len(set(digests.values())):
+            raise UsageError(
+                f"mitigation {mitigation.spec!r} reads different files of one name "
+                f"({', '.join(sorted(digests))}); results name a file by its name: rename one"
+            )
+        content = mitigation.content_spec(digests)
+        seen = by_spec.setdefault(mitigation.spec, (content, mitigation))
+        if seen[0] != content:
+            files = [*identity.input_identities(seen[1]), *digests]
+            raise UsageError(
+                f"--mitigations reads two different files as {mitigation.spec!r} "
+                f"({', '.join(files)}); results name a file by its name: rename one"
+            )
+        kept.setdefault(content, mitigation)
+    return list(kept.values())
 
 
 def _digest(value: Any) -> str:
@@ -294,7 +325,9 @@ def build_plan(
     """Every (model, mitigation, task unit) that applies. A mitigation or task that applies to
     none of the models (or a task to none of the mitigations) is refused (UsageError); in a
     run of several families or mitigations, the combinations that do not apply are skipped and
-    listed in `skipped` (e.g. rri beside a transformer, state-stats under window)."""
+    listed in `skipped` (e.g. rri beside a transformer, state-stats under window). A mitigation
+    given twice (one file through two paths) is run once (`distinct`)."""
+    mitigations = distinct(mitigations)
     for what in (*mitigations, *tasks):
         if not any(model.family in what.families for model in models):
             kind, name = (

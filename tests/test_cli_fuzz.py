@@ -110,10 +110,11 @@ CASES: list[tuple[list[str], str]] = [
     (["--models", "tiny-mamba2", "--mitigations", "dt-scale:s=nan"], "s='nan' is not a number"),
     (["--models", "tiny-mamba2", "--mitigations", "dt-scale:file=@T/no.json"], "does not exist"),
     (["--models", "tiny-mamba2", "--mitigations", "dt-scale:file=@T/setup.txt"], "not JSON"),
+    (["--models", "tiny-mamba2", "--mitigations", "dt-scale:file=@T"], "cannot read scale file"),
     (["--models", "tiny-mamba2", "--mitigations", "window:r=0"], "integer >= 1"),
     (["--models", "tiny-mamba2", "--mitigations", "state-norm:calib=x"], "calib='x'"),
     (
-        ["--models", "tiny-mamba2", "--mitigations", f"dt-scale:file=@T/{LONG_DIR}/s.json"],
+        ["--models", "tiny-mamba2", "--mitigations", f"dt-scale:file=@T/{LONG_DIR}.json"],
         "above the file system's 255",
     ),
     (["--models", "tiny-mamba2", "--mitigations", "rri:b=２"], "b='２' is not a number"),
@@ -162,13 +163,13 @@ def empty_hub_cache(
 @pytest.fixture
 def folder(tmp_path: Path, neox_dir: Path) -> Path:
     """The test's folder with what the cases refer to: a text file, a long-named checkpoint,
-    a scale file under a long folder name."""
+    a scale file of a long name."""
     (tmp_path / "setup.txt").write_text("a file, not a folder")
     long = tmp_path / LONG_DIR
     long.mkdir()
     for item in neox_dir.iterdir():
         (long / item.name).symlink_to(item)
-    (long / "s.json").write_text('{"0": 0.5}')
+    (tmp_path / f"{LONG_DIR}.json").write_text('{"0": 0.5}')
     return tmp_path
 
 

@@ -187,7 +187,7 @@ def test_changed_mitigation_file_runs_again_and_replaces_the_part(tmp_path: Path
     [before] = read_table(out, "passkey").to_pylist()
     manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
     [(recorded_spec, inputs)] = manifest["config"]["mitigation_inputs"].items()
-    assert inputs == {str(scales): identity.CACHE.digest(scales)[: identity.LENGTH]}
+    assert inputs == {"scales.json": identity.CACHE.digest(scales)[: identity.LENGTH]}
     assert run("tiny-mamba2", out, "--mitigations", spec) == 0
     assert len(list((out / "runs").glob("*.json"))) == 1  # nothing to do
     scales.write_text("[0.25, 0.5]")
@@ -229,3 +229,129 @@ def test_every_mitigation_at_its_defaults_reads_no_file() -> None:
 
     for name in MITIGATIONS.names():
         assert identity.input_identities(parse_mitigation(name)) == {}, name
+
+
+def scale_file(folder: Path, name: str = "s.json", text: str = "[0.5, 0.25]") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_a_mitigation_file_is_one_unit_however_its_path_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a relative path, ./path, an absolute path, a copy in another folder or under
+    another name: one id (by content); the spec and slot name the file by its name only."""
+    monkeypatch.chdir(tmp_path)
+    scale_file(tmp_path / "cal")
+    scale_file(tmp_path / "elsewhere")
+    scale_file(tmp_path / "elsewhere", "t.json")
+    spellings = ["cal/s.json", "./cal/s.json", "cal/../cal/s.json", str(tmp_path / "cal/s.json")]
+    found = [units("tiny-mamba2", f"dt-scale:file={f}")[0] for f in spellings]
+    [copy_] = units("tiny-mamba2", "dt-scale:file=elsewhere/s.json")
+    [renamed] = units("tiny-mamba2", "dt-scale:file=elsewhere/t.json")
+    assert {u.mitigation.spec for u in [*found, copy_]} == {"dt-scale:file=s.json:s=0.2"}
+    assert len({u.id for u in [*found, copy_, renamed]}) == 1
+    assert len({u.slot for u in [*found, copy_]}) == 1 and renamed.slot != copy_.slot
+    assert found[0].inputs == {"s.json": identity.CACHE.digest(Path("cal/s.json"))[:12]}
+    # other bytes: another id in the same slot (the new rows replace the old)
+    scale_file(tmp_path / "other", text="[0.5, 0.5]")
+    [changed] = units("tiny-mamba2", "dt-scale:file=other/s.json")
+    assert changed.id != copy_.id and changed.slot == copy_.slot
+    # the same bytes under another scale, or as a-scale: other ids
+    [s_other] = units("tiny-mamba2", "dt-scale:file=cal/s.json:s=0.3")
+    [a_scale] = units("tiny-mamba2", "a-scale:file=cal/s.json")
+    assert len({copy_.id, s_other.id, a_scale.id}) == 3
+
+
+def test_units_without_input_files_keep_the_ids_of_results_already_written() -> None:
+    """The committed reference results (written before files were named by content): the
+    same plan today gives their unit ids and part names, so a resume there runs nothing."""
+    from harness.plan import build_plan, parse_tasks
+    from harness.results import read_table
+
+    out = Path(__file__).parents[1] / "results/reference/mitigations/results"
+    options = TaskOptions(lengths=(320, 640), extra={"perplexity": {"source": "sonnets"}})
+    mitigations = [parse_mitigation(m) for m in ("none", "rri", "a-scale", "window:r=320")]
+    plan = build_plan(
+        parse_models("mamba2-bytes-320"), mitigations, parse_tasks("perplexity", options), "float32"
+    )
+    rows = read_table(out, "perplexity").to_pylist()
+    written = {(r["model_id"], r["mitigation"], r["unit_params"]): r["unit_id"] for r in rows}
+    for unit in plan.units:
+        key = (unit.model_id, unit.mitigation.spec, json.dumps(unit.params, sort_keys=True))
+        assert written[key] == unit.id, key
+        folder = out / "perplexity/model=mamba2-bytes-320"
+        assert list(folder.glob(f"mitigation=*/part-{unit.slot}.parquet")), key
+    assert len(plan.units) == 8
+
+
+def test_resume_after_changing_how_the_file_path_is_written_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scale_file(tmp_path / "cal")
+    out = Path("results")
+    assert run("tiny-mamba2", out, "--mitigations", "dt-scale:file=cal/s.json") == 0
+    manifests = sorted((out / "runs").rglob("*.json"))
+    parts = sorted(out.rglob("part-*.parquet"))
+    for spelling in ["./cal/s.json", str(tmp_path / "cal" / "s.json"), "cal//s.json"]:
+        assert run("tiny-mamba2", out, "--mitigations", f"dt-scale:file={spelling}") == 0
+    shutil.copytree(tmp_path / "cal", tmp_path / "moved")
+    assert run("tiny-mamba2", out, "--mitigations", "dt-scale:file=moved/s.json") == 0
+    assert sorted((out / "runs").rglob("*.json")) == manifests
+    assert sorted(out.rglob("part-*.parquet")) == parts
+    [row] = read_table(out, "passkey").to_pylist()
+    assert row["mitigation"] == "dt-scale:file=s.json:s=0.2"
+
+
+def test_two_spellings_in_one_run_are_one_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scale_file(tmp_path / "cal")
+    scale_file(tmp_path / "copy", "t.json")
+    spellings = f"dt-scale:file=cal/s.json,dt-scale:file=./cal/s.json,dt-scale:file={tmp_path}/"
+    spellings += "cal/s.json,dt-scale:file=copy/t.json"
+    assert run("tiny-mamba2", Path("results"), "--mitigations", spellings) == 0
+    [row] = read_table(Path("results"), "passkey").to_pylist()
+    assert row["mitigation"] == "dt-scale:file=s.json:s=0.2"
+    [manifest] = (Path("results") / "runs").glob("*.json")
+    config = json.loads(manifest.read_text())["config"]
+    assert config["mitigations"] == ["dt-scale:file=s.json:s=0.2"]
+
+
+def test_two_different_files_of_one_name_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scale_file(tmp_path / "a")
+    scale_file(tmp_path / "b", text="[0.5, 0.5]")
+    both = "dt-scale:file=a/s.json,dt-scale:file=b/s.json"
+    for spec in [both, "dt-scale:file=a/s.json+a-scale:file=b/s.json"]:
+        assert run("tiny-mamba2", Path("results"), "--mitigations", spec) == 2
+        err = capsys.readouterr().err
+        assert "a/s.json" in err and "b/s.json" in err and "rename one" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not Path("results").exists()
+
+
+def test_a_results_tree_holds_no_path_of_where_it_lies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run manifests (the driver's and the workers') name no folder of this machine: not the
+    results folder, not where a mitigation file lies (the command is recorded as typed)."""
+    monkeypatch.chdir(tmp_path)
+    scale = scale_file(tmp_path / "cal")
+    assert run("tiny-mamba2", Path("results"), "--mitigations", f"dt-scale:file={scale}") == 0
+    manifest_path = next(Path("results/runs").glob("*.json"))
+    manifest = json.loads(manifest_path.read_text())
+    assert str(tmp_path) in " ".join(manifest.pop("command"))
+    workers = list(Path("results/runs").glob("*/*.json"))
+    assert workers
+    for text in [json.dumps(manifest), *(p.read_text() for p in workers)]:
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text
+    assert "out" not in manifest["config"]
+    assert manifest["config"]["mitigation_inputs"] == {
+        "dt-scale:file=s.json:s=0.2": {"s.json": identity.CACHE.digest(scale)[:12]}
+    }

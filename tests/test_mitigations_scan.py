@@ -163,11 +163,13 @@ def test_scales_from_file(tmp_path, two_layers: FakeModel) -> None:
     a = AScale(file=str(mapped), s=0.25)
     a.hooks(two_layers)  # type: ignore[arg-type]
     assert a.artifacts() == {"scales": [0.25, 3.0]}
-    assert a.spec == f"a-scale:file={mapped}:s=0.25"
+    assert a.spec == "a-scale:file=m.json:s=0.25"  # the file by its name, not its folder
     with pytest.raises(ValueError, match="lists 1 scales, the model has 2 layers"):
         DtScale(file=str(short)).hooks(two_layers)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not exist"):
         DtScale(file=str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="cannot read scale file"):
+        DtScale(file=str(tmp_path))  # a folder
 
 
 def test_unit_scales_are_identity(two_layers: FakeModel) -> None:

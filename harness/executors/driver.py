@@ -300,7 +300,6 @@ class Driver:
                 "dtype": config.dtype,
                 "backend": config.backend,
                 "seed": config.seed,
-                "out": str(config.out),
                 "resume": config.resume,
                 "stop_after_fails": config.stop_after_fails,
                 "executor": asdict(self.settings),

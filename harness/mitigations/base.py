@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.models.catalog import FAMILIES
@@ -60,9 +61,15 @@ class Mitigation(ABC):
 
     @property
     def spec(self) -> str:
-        """The canonical spelling, e.g. `rri:a=0.9999:b=0.75`."""
-        params = self.params
-        return ":".join([self.name, *(f"{k}={spec_value(params[k])}" for k in sorted(params))])
+        """The canonical spelling, e.g. `rri:a=0.9999:b=0.75`; an input file is named by its
+        file name alone (`dt-scale:file=s.json:s=0.2`), however its path was written."""
+        return spec_of(self.name, self.params)
+
+    def content_spec(self, identities: Mapping[str, str]) -> str:
+        """The spec with each input file named by its content identity instead (`identities`:
+        each path of `input_files()` -> its identity): what a unit's id digests, so the same
+        bytes make the same id through any path, in any folder, under any name."""
+        return self.spec
 
     @abstractmethod
     def hooks(self, model: LanguageModel) -> Hooks | None:
@@ -73,8 +80,8 @@ class Mitigation(ABC):
         return {}
 
     def input_files(self) -> list[str]:
-        """Files this mitigation reads, as written in its spec: their content is part of
-        the identity of its results (harness.identity)."""
+        """Files this mitigation reads, as given on the command line: their content is part
+        of the identity of its results (harness.identity)."""
         return []
 
     def strategy(self) -> PromptStrategy | None:
@@ -90,6 +97,11 @@ class NoMitigation(Mitigation):
 
     def hooks(self, model: LanguageModel) -> None:
         return None
+
+
+def spec_of(name: str, params: Mapping[str, Any]) -> str:
+    """`name:key=value:...`, keys sorted."""
+    return ":".join([name, *(f"{k}={spec_value(params[k])}" for k in sorted(params))])
 
 
 def spec_value(value: Any) -> str:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import reduce
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -59,6 +59,9 @@ class Composite(Mitigation):
     @property
     def spec(self) -> str:
         return "+".join(part.spec for part in self.parts)
+
+    def content_spec(self, identities: Mapping[str, str]) -> str:
+        return "+".join(part.content_spec(identities) for part in self.parts)
 
     @property
     def replaces_scan(self) -> bool:  # type: ignore[override]

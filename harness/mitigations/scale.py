@@ -10,7 +10,10 @@ One scale for every layer by default (`s`); `file=path.json` gives per-layer val
 list with one number per layer or a map {"layer": s} whose missing layers take `s`, or either
 under "scales" beside other keys (what `harness calibrate` writes, with its provenance). The file is
 read when the mitigation is built and checked against the model's layer count when its hooks
-are made; the per-layer values actually used are recorded in `artifacts()`.
+are made; the per-layer values actually used are recorded in `artifacts()`. The spec (the
+`mitigation` column and folder of results) names the file by its file name alone, so however
+its path is written, the results land in one place; a unit's id names it by content
+(`content_spec`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from __future__ import annotations
 import json
 import math
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.mitigations.base import Mitigation, MitigationError
+from harness.mitigations.base import Mitigation, MitigationError, spec_of
 from harness.settings import setting
 
 if TYPE_CHECKING:
@@ -59,12 +63,16 @@ class LayerScale(Mitigation):
 
     @property
     def params(self) -> dict[str, Any]:
-        """`file` only when one was given, so the canonical spec names it only then."""
-        return (
-            {"file": self.settings.file, "s": self.settings.s}
-            if self.settings.file
-            else {"s": self.settings.s}
-        )
+        """`file` (its file name, without the folder) only when one was given, so the
+        canonical spec names it only then."""
+        if not self.settings.file:
+            return {"s": self.settings.s}
+        return {"file": Path(self.settings.file).name, "s": self.settings.s}
+
+    def content_spec(self, identities: Mapping[str, str]) -> str:
+        if not self.settings.file:
+            return self.spec
+        return spec_of(self.name, {**self.params, "file": f"@{identities[self.settings.file]}"})
 
     def hooks(self, model: LanguageModel) -> Hooks:
         from harness.mitigations.engine import layer_count
@@ -143,6 +151,8 @@ def _read_scales(name: str, path: str) -> LayerScales:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MitigationError(f"{name}: scale file {path} does not exist") from None
+    except OSError as e:  # a folder, no permission
+        raise MitigationError(f"{name}: cannot read scale file {path} ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise MitigationError(f"{name}: scale file {path} is not JSON ({e})") from None
     if isinstance(data, dict) and "scales" in data:  # `harness calibrate`'s file: + provenance
