@@ -355,3 +355,25 @@ def test_a_results_tree_holds_no_path_of_where_it_lies(
     assert manifest["config"]["mitigation_inputs"] == {
         "dt-scale:file=s.json:s=0.2": {"s.json": identity.CACHE.digest(scale)[:12]}
     }
+
+
+def strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_committed_manifests_name_no_folder_of_the_machine_that_wrote_them() -> None:
+    """results/reference: no absolute path in any run or worker manifest, the command as
+    typed aside."""
+    manifests = list(
+        (Path(__file__).parents[1] / "results/reference").glob("*/results/runs/**/*.json")
+    )
+    assert len(manifests) > 10
+    for path in manifests:
+        manifest = json.loads(path.read_text())
+        manifest.pop("command", None)
+        assert "out" not in manifest.get("config", {}), path
+        assert not [s for s in strings(manifest) if s.startswith("/")], path
