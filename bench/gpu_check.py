@@ -22,7 +22,9 @@ Parity (a failure exits 1): on the device, with random weights saved in the peer
 Benchmarks: prefill (logits of the last token) tokens/s and peak memory on the device, float32
 and bfloat16, at ascending lengths; a configuration stops growing after an out-of-memory error,
 and each family stops at its share of --budget seconds (the budget left, split evenly over the
-families left, so time one leaves goes to the next), the rest recorded as skipped.
+families left: Mamba-1, RWKV-6, then Mamba-2, whose sweep to 1M takes what they leave), the
+rest recorded as skipped; a length is skipped too where the last pass's rate says it would not
+finish in time.
 - Mamba-2: each backend, and transformers up to --max-transformers tokens (mamba-ssm's kernels
   overflow beyond ~61K, issue 1015; its torch path needs GiBs per 16K), on the 130m and 370m
   shapes, 4K..1M; bfloat16 is our projections in bfloat16, state and scan float32.
@@ -33,7 +35,9 @@ families left, so time one leaves goes to the next), the rest recorded as skippe
 Peak memory: torch.cuda.max_memory_allocated on CUDA, the process's VmHWM (reset before each
 pass, bench/fresh_process.py) on CPU.
 
-Writes DIR/gpu_check.json (every figure and check) and DIR/gpu_check.md (tables).
+Writes DIR/gpu_check.json (every figure and check) and DIR/gpu_check.md (tables), also when
+interrupted (SIGINT, as gpu_check.sh's time limit sends: "interrupted" says so). Exits 1 on a
+parity failure, 3 when interrupted, 2 on wrong arguments.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ import torch
 TOLERANCE = 2e-3  # relative max difference of logits that counts as equal (float32)
 # Mamba-1 and RWKV-6 against a float32 torch peer: FAMILY_TOLERANCE below
 FAMILIES = ("mamba2", "mamba1", "rwkv6")
+BENCH_ORDER = ("mamba1", "rwkv6", "mamba2")  # bounded sweeps first: time they leave goes on
 SHAPES = {  # name -> Mamba2Config fields
     "130m": {"d_model": 768, "n_layer": 24, "vocab_size": 50288},
     "370m": {"d_model": 1024, "n_layer": 48, "vocab_size": 50288},
@@ -68,11 +73,12 @@ LENGTHS = [1 << k for k in range(12, 21)]  # 4K .. 1M
 TINY_LENGTHS = [256, 1024, 4096]
 PAST_OVERFLOW = 70_000  # tokens of the pieces check: past ~61K (mamba-ssm issue 1015)
 PARITY_TOKENS = 2048
-# Mamba-1 and RWKV-6, both sides float32 with TF32 off: on CPU the error is 3.6e-7 to 4.0e-7 at
-# the parity shape (2048 tokens); on a GPU our scan runs the chunked form (16-token chunks, exp
-# of summed log-decays instead of their product) and reductions in other orders, ~1e-6 to 1e-5
-# expected. 1e-4 leaves 10x over that, while a fault as small as replaying a few hundred tokens
-# into the state moved the tiny model's last logits by 4e-4 (its state by 9e-2).
+# Mamba-1 and RWKV-6, both sides float32 with TF32 off: on CPU the error is 3.8e-7 (RWKV-6) and
+# 4.0e-7 (Mamba-1) at the parity shape over 2048 tokens, and the same with the scan a GPU runs
+# (`chunked_scan`, 16-token chunks, exp of summed log-decays) forced on CPU (3.2e-7 to 3.4e-7
+# from the token-by-token scan). 1e-4 leaves 250x for the GPU's other reduction orders, while a
+# fault as small as replaying a few hundred tokens into the state moved the tiny model's last
+# logits by 4e-4 (its state by 9e-2).
 FAMILY_TOLERANCE = 1e-4
 PARITY_SHAPES = {  # family -> (full, tiny) Config fields of the parity model
     "mamba1": (
@@ -128,24 +134,35 @@ def main() -> int:
     chosen = args.families.split(",")
     if not chosen or set(chosen) - set(FAMILIES):
         parser.error(f"--families: {args.families!r}; choose from {', '.join(FAMILIES)}")
+    try:
+        args.lengths = sorted(int(n) for n in args.lengths.split(",")) if args.lengths else None
+    except ValueError:
+        parser.error(f"--lengths: {args.lengths!r}; give token counts like 4096,16384")
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # other jobs share this machine's cores: see mamba2_cpu.py
     checks: list[Check] = []
     figures: list[Figure] = []
-    with tempfile.TemporaryDirectory() as work:
-        weights = {f: prepare(f, Path(work) / f, args.tiny) for f in chosen}
-        for family in chosen:
-            checks += run_parity(family, weights[family], device, args.tiny)
-        end = time.monotonic() + args.budget
-        for left, family in zip(range(len(chosen), 0, -1), chosen, strict=True):
-            deadline = time.monotonic() + max(0.0, end - time.monotonic()) / left
-            figures += benchmark(family, weights[family], device, args, deadline)
+    interrupted = ""
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            weights = {f: prepare(f, Path(work) / f, args.tiny) for f in chosen}
+            for family in chosen:
+                checks += run_parity(family, weights[family], device, args.tiny)
+            end = time.monotonic() + args.budget
+            order = sorted(chosen, key=BENCH_ORDER.index)
+            for left, family in zip(range(len(order), 0, -1), order, strict=True):
+                deadline = time.monotonic() + max(0.0, end - time.monotonic()) / left
+                benchmark(family, weights[family], device, args, deadline, figures)
+    except KeyboardInterrupt:  # gpu_check.sh's time limit (SIGINT): keep what ran
+        interrupted = "interrupted (SIGINT) before the end; what ran is written"
+        print(f"gpu_check: {interrupted}", file=sys.stderr)
     report = {
         "device": describe(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "interrupted": interrupted,
         "checks": [asdict(c) for c in checks],
         "figures": [asdict(f) for f in figures],
     }
@@ -156,7 +173,7 @@ def main() -> int:
     if failed:
         print(f"parity FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
-    return 0
+    return 3 if interrupted else 0
 
 
 def prepare(family: str, directory: Path, tiny: bool) -> dict[str, Path]:
@@ -189,24 +206,23 @@ def benchmark(
     device: torch.device,
     args: argparse.Namespace,
     deadline: float,
-) -> list[Figure]:
-    """Every (shape, dtype, engine) sweep of a family, until `deadline`."""
+    figures: list[Figure],
+) -> None:
+    """Every (shape, dtype, engine) sweep of a family, until `deadline`, onto `figures`."""
     if args.lengths:
-        lengths = sorted(int(n) for n in args.lengths.split(","))
+        lengths = args.lengths
     elif family == "mamba2":
         lengths = TINY_LENGTHS if args.tiny else LENGTHS
     else:
         lengths = TINY_LENGTHS if args.tiny else FAMILY_LENGTHS
-    figures = []
     for shape, path in weights.items():
         if shape == "parity":
             continue
         for dtype in (torch.float32, torch.bfloat16):
             for engine, top, make in engines(family, path, device, dtype, args):
                 vocab = vocab_size(family, shape, args.tiny)
-                figures += sweep(family, shape, dtype, engine, make, vocab, lengths, top, device,
-                                 deadline)  # fmt: skip
-    return figures
+                sweep(family, shape, dtype, engine, make, vocab, lengths, top, device, deadline,
+                      figures)  # fmt: skip
 
 
 def engines(family: str, weights: Path, device: torch.device, dtype: torch.dtype, args):
@@ -399,36 +415,47 @@ def sweep(
     top: int,
     device: torch.device,
     deadline: float,
-) -> list[Figure]:
-    """One (shape, dtype, engine) over ascending lengths, until an OOM, the top, or the time;
-    `make` loads the engine, or says why it cannot run."""
+    out: list[Figure],
+) -> None:
+    """One (shape, dtype, engine) over ascending lengths, until an OOM, the top, or the time,
+    each figure onto `out` as it is taken; `make` loads the engine, or says why it cannot run."""
     name = str(dtype).removeprefix("torch.")
-    figures: list[Figure] = []
+    figures: list[Figure] = []  # this sweep's
 
     def skip(length: int, why: str) -> Figure:
         return Figure(family, shape, name, engine, length, None, None, f"skipped: {why}")
 
     if isinstance(make, str):
-        return [skip(n, make.removeprefix("skipped: ")) for n in lengths]
+        out += [skip(n, make.removeprefix("skipped: ")) for n in lengths]
+        return
     if time.monotonic() > deadline:
-        return [skip(n, "time budget spent") for n in lengths]
+        out += [skip(n, "time budget spent") for n in lengths]
+        return
     run = make()
     stop = ""
     for length in lengths:
         if not stop and length > top:
             stop = f"over {top} tokens"
-        if not stop and time.monotonic() > deadline:
+        if not stop and time.monotonic() + expected(figures, length) > deadline:
             stop = "time budget spent"
         if stop:
-            figures.append(skip(length, stop))
-            continue
-        figures.append(measure(run, family, shape, name, engine, length, vocab, device))
-        print(asdict(figures[-1]), flush=True)
-        if figures[-1].status != "ok":
-            stop = f"after {figures[-1].status.split(':')[0]} at {length}"
+            figure = skip(length, stop)
+        else:
+            figure = measure(run, family, shape, name, engine, length, vocab, device)
+            print(asdict(figure), flush=True)
+            if figure.status != "ok":
+                stop = f"after {figure.status.split(':')[0]} at {length}"
+        figures.append(figure)
+        out.append(figure)
     del run
     empty_cache(device)
-    return figures
+
+
+def expected(figures: list[Figure], length: int) -> float:
+    """Seconds a pass of `length` tokens should take at the last pass's rate (0 at the first):
+    every engine here is linear in the length."""
+    rate = figures[-1].tokens_per_s if figures else None
+    return length / rate if rate else 0.0
 
 
 def mamba2_loader(engine: str, weights: Path, device: torch.device, dtype: torch.dtype) -> Forward:

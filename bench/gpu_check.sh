@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One go on a lent GPU machine (no network there): install what is missing from wheels carried
 # in, then GPU parity and benchmarks of Mamba-2, Mamba-1 and RWKV-6 (bench/gpu_check.py). Exits
-# non-zero on a parity failure.
+# non-zero on a parity failure (1) or when its time limit cut it short (3; what ran is written).
 #
 #   bench/gpu_check.sh                       # wheels: ./wheels; figures: $OUT or ./gpu_check_out
 #   WHEELS=/path/to/wheels bench/gpu_check.sh
@@ -60,6 +60,6 @@ LEFT=$(( BUDGET_S - SPENT ))
 BENCH_S=$(( LEFT * 3 / 4 - 30 ))
 if [ "$BENCH_S" -lt 30 ]; then BENCH_S=30; fi
 echo "gpu_check: ${SPENT}s installing, ${BENCH_S}s for benchmarks, figures in $OUT"
-timeout --signal=INT "$LEFT" "$PYTHON" bench/gpu_check.py --out "$OUT" --budget "$BENCH_S" "$@" \
+timeout --preserve-status --signal=INT "$LEFT" "$PYTHON" bench/gpu_check.py --out "$OUT" --budget "$BENCH_S" "$@" \
     2>&1 | tee "$OUT/gpu_check.log"
 exit "${PIPESTATUS[0]}"

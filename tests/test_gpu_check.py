@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,23 @@ def test_unknown_families_are_refused(tmp_path: Path, families: str) -> None:
     assert done.returncode == 2
     assert "choose from mamba2, mamba1, rwkv6" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_run_writes_what_ran(tmp_path: Path) -> None:
+    """SIGINT (gpu_check.sh's time limit) during the benchmarks: the parity checks and the
+    figures so far are written, exit 3."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--tiny"]
+    command += ["--out", str(tmp_path), "--families", "mamba1", "--lengths", "64,1000000"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "'tokens': 64," in line:  # the first figure: the 1M-token pass is under way
+                break
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+    assert process.returncode == 3
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["interrupted"].startswith("interrupted")
+    assert len(report["checks"]) == 3 and all(c["passed"] for c in report["checks"])
+    assert [f["tokens"] for f in report["figures"]] == [64]
