@@ -438,15 +438,14 @@ def sweep(
             stop = f"over {top} tokens"
         if not stop and time.monotonic() + expected(figures, length) > deadline:
             stop = "time budget spent"
-        if stop:
-            figure = skip(length, stop)
-        else:
-            figure = measure(run, family, shape, name, engine, length, vocab, device)
-            print(asdict(figure), flush=True)
-            if figure.status != "ok":
-                stop = f"after {figure.status.split(':')[0]} at {length}"
+        figure = skip(length, stop) if stop else measure(run, family, shape, name, engine,
+                                                         length, vocab, device)  # fmt: skip
         figures.append(figure)
         out.append(figure)
+        if not stop:
+            print(asdict(figure), flush=True)  # once recorded: a SIGINT after it keeps it
+            if figure.status != "ok":
+                stop = f"after {figure.status.split(':')[0]} at {length}"
     del run
     empty_cache(device)
 
