@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 DTYPE_NAMES = ("float32", "bfloat16")  # the keys of harness.runner.DTYPES
 
 # `harness run` with no --models: the bundled trained tiny models, offline, on the CPU, but
-# mamba1-bytes-320, which learned no retrieval at its size (its rows would show no cliff).
+# mamba1-bytes-320, which learned no retrieval, at d_state 8 or 16 (its rows would show no cliff).
 NOT_IN_DEFAULT = ("mamba1-bytes-320",)
 DEFAULT_MODELS = ",".join(
     name for name in bundled_models() if name not in NOT_IN_DEFAULT
