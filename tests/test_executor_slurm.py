@@ -9,6 +9,7 @@ the same; float32 sums over other thread counts may differ in the last bits.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -45,7 +46,9 @@ RUN_TIMEOUT_S = 600
 
 
 def slurm_answers() -> str | None:
-    """None when a Slurm cluster answers, else why not."""
+    """None when a Slurm cluster answers and submitit is installed, else why not."""
+    if importlib.util.find_spec("submitit") is None:
+        return "submitit is not installed (pip install -e '.[slurm]')"
     if shutil.which("sinfo") is None:
         return "Slurm is not installed (scripts/cluster/slurm.sh install)"
     try:

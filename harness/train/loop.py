@@ -198,7 +198,10 @@ def segments(
 
 
 def make_optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and embeddings only (not on norms, biases, A, D, dt)."""
+    """AdamW; weight decay on every parameter of two or more dimensions: the matrices and
+    embeddings, and also Mamba-1's A_log (d_inner, d_state) and RWKV-6's bonus time_faaaa
+    (heads, head size), as the bundled toys were trained; none on norms, biases, Mamba-2's
+    A_log, D and dt_bias, Mamba-1's D, RWKV-6's time_decay."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
