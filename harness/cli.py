@@ -51,12 +51,8 @@ if TYPE_CHECKING:
 # `harness --help` and `harness list` answer at once (tests/test_registry.py checks).
 DTYPE_NAMES = ("float32", "bfloat16")  # the keys of harness.runner.DTYPES
 
-# `harness run` with no --models: the bundled trained tiny models, offline, on the CPU, but
-# mamba1-bytes-320, which learned no retrieval, at d_state 8 or 16 (its rows would show no cliff).
-NOT_IN_DEFAULT = ("mamba1-bytes-320",)
-DEFAULT_MODELS = ",".join(
-    name for name in bundled_models() if name not in NOT_IN_DEFAULT
-) or ",".join(TINY_MODELS)
+# `harness run` with no --models: the bundled trained tiny models, offline, on the CPU
+DEFAULT_MODELS = ",".join(bundled_models()) or ",".join(TINY_MODELS)
 DEFAULT_TASKS = "passkey,perplexity"
 DEFAULT_MITIGATIONS = "none,rri,state-norm"
 DEFAULT_LENGTHS = "320,640,1280,2560"  # 1x-8x the bundled short model's training length

@@ -248,5 +248,5 @@ def test_no_models_runs_the_bundled_models_with_mitigations(tmp_path: Path) -> N
     assert ("mamba2-bytes-320", "rri:a=0.9999:b=0.75") in pairs
     assert ("neox-bytes-320", "rri:a=0.9999:b=0.75") not in pairs  # rri: recurrent families
     assert ("rwkv6-bytes-320", "rri:a=0.9999:b=0.75") in pairs
-    assert not any(model == "mamba1-bytes-320" for model, _ in pairs)  # left out: no retrieval
+    assert ("mamba1-bytes-320", "state-norm:calib=newline:k=128:mult=1.0") in pairs
     assert len(read_table(out, "passkey")) == len(pairs)
