@@ -272,6 +272,22 @@ def test_wrong_input_exits_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "use auto, cpu, cuda or cuda:N"), ("cuda:7", "--device cuda:7: torch")],
+)
+def test_a_device_that_is_not_here_exits_2_before_anything_is_written(
+    device: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert (
+        train_cli("--model", "mamba1", "--data", "passkey", "--device", device, "--out", str(out))
+        == 2
+    )
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_cli_trains_and_refuses_to_overwrite(
     corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--clip", type=FLOAT, default=1.0, help="gradient norm clip")
     run.add_argument("--seed", type=INT, default=0, help="weights and data order")
     run.add_argument("--save-every", type=INT, default=100, help="steps between checkpoints")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -140,6 +140,7 @@ def _trainer(args: argparse.Namespace) -> Trainer:
     from harness.train.loop import TrainConfig, Trainer
 
     _check_numbers(args)
+    device = pick_device(args.device)
     if has_state(args.out) and not args.resume:
         raise ResumeError(
             f"{args.out} holds a training run; pass --resume to continue it or choose another --out"
@@ -162,7 +163,7 @@ def _trainer(args: argparse.Namespace) -> Trainer:
         clip=args.clip,
         seed=args.seed,
         save_every=args.save_every,
-        device=pick_device(args.device),
+        device=device,
     )
     meta = {
         "command": "harness train " + shlex.join(sys.argv[2:]),
