@@ -99,12 +99,15 @@ def test_ssd_scan_chunks_matches_naive_and_the_chunk_loop(
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_ssd_scan_heads_that_forget_within_a_chunk_take_the_direct_form(groups: int) -> None:
-    """In the same chunks, heads whose decay over the chunk falls below exp(NEGLIGIBLE) (the
-    direct form) and heads that keep more (the factored form): both against the token loop."""
+    """In the same chunks, heads of all three kinds against the token loop: those whose decay
+    over the chunk stays above exp(NEGLIGIBLE) (factored about the chunk's end), those that
+    stay above exp(2 NEGLIGIBLE) (factored about its middle) and those that forget more (the
+    direct form)."""
     i = random_inputs(45, groups=groups)
-    A = i.A * torch.tensor([300.0, 1.0, 0.01, 30.0])
+    A = i.A * torch.tensor([300.0, 1.0, 0.01, 70.0])
     totals = (i.dt * A)[:, :32].reshape(2, 2, 16, 4).sum(2)  # per chunk of 16 and head
-    assert (totals < NEGLIGIBLE).any() and (totals >= NEGLIGIBLE).any()
+    assert (totals < 2 * NEGLIGIBLE).any() and (totals >= NEGLIGIBLE).any()
+    assert ((totals >= 2 * NEGLIGIBLE) & (totals < NEGLIGIBLE)).any()
     h0 = torch.randn(2, 4, 5, 3).transpose(-1, -2)
     with torch.inference_mode():
         y, h = ssd_scan(i.x, i.dt, A, i.B, i.C, 16, h0)

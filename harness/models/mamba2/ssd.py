@@ -55,15 +55,18 @@ def ssd_scan(
 
     The chunks one after the other, written in place: no autograd (ssd_scan_chunks is the
     differentiable form). Each group's state is kept as one matrix S (n, r p) over its r = h / g
-    heads. Within a chunk, for a head whose decay over the chunk stays above exp(NEGLIGIBLE)
-    (cum_L >= NEGLIGIBLE), with x_end_s = exp(cum_L - cum_s) dt_s x_s:
+    heads. Within a chunk, each head's terms are factored about a reference m in [cum_L, 0], with
+    x_m_s = exp(m - cum_s) dt_s x_s:
 
-        y_t = exp(cum_t - cum_L) [ C_t (exp(cum_L) h_0) + sum_{s <= t} (C_t . B_s) x_end_s ]
-        h_L = exp(cum_L) h_0 + sum_s x_end_s B_s^T
+        y_t = exp(cum_t - m) [ C_t (exp(m) h_0) + sum_{s <= t} (C_t . B_s) x_m_s ]
+        h_L = exp(cum_L - m) [ exp(m) h_0 + sum_s x_m_s B_s^T ]
 
-    the terms of the form above (every factor within exp(+-60): no overflow, the same rounding),
-    as three products over all of a group's heads at once: C S, tril(C B^T) x_end, B^T x_end.
-    A head that forgets more within the chunk takes the direct form, one L x L decay per head.
+    the terms of the form above, as three products over all of a group's heads at once: C S,
+    tril(C B^T) x_m and B^T x_m. Every factor stays within exp(+-60) (no overflow, no subnormal
+    numbers, the same rounding): m = cum_L, the chunk's end, for a head whose decay over the chunk
+    stays above exp(NEGLIGIBLE); m = cum_L / 2, its middle, for one that stays above
+    exp(2 NEGLIGIBLE) (then h_L takes its factor exp(cum_L - m)). A head that forgets more within
+    the chunk takes the direct form, one L x L decay per head.
     """
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
@@ -72,13 +75,15 @@ def ssd_scan(
     pad = (0, 0, 0, c * L - l)
     cum = F.pad(dt * A, pad).view(b, c, L, g, r).cumsum(2)  # cum_t within each chunk
     last = cum[:, :, -1:]  # (b, c, 1, g, r): cum_L
-    to_end = F.pad(dt, pad).view(b, c, L, g, r) * _exp(last - cum)  # exp(cum_L - cum_s) dt_s
-    # exp(cum_t - cum_L), clamped where a head forgets past NEGLIGIBLE (the direct form's then)
-    from_end = torch.exp((cum - last).clamp_(max=-NEGLIGIBLE))
-    kept = _exp(last)[..., None].expand(b, c, 1, g, r, p).reshape(b, c, 1, g, r * p)
-    strong: dict[tuple[int, int, int], list[int]] = {}  # (i, k, j) -> heads for the direct form
-    for i, k, j, head in (last[:, :, 0] < NEGLIGIBLE).nonzero().tolist():
-        strong.setdefault((i, k, j), []).append(head)
+    middle = (last >= 2 * NEGLIGIBLE) & (last < NEGLIGIBLE)  # heads factored about m = cum_L / 2
+    m = torch.where(middle, last / 2, last)  # the direct form's heads: cum_L, as for the state
+    to_m = F.pad(dt, pad).view(b, c, L, g, r) * _exp(m - cum)  # exp(m - cum_s) dt_s
+    # exp(cum_t - m), clamped where a head forgets past 2 NEGLIGIBLE (the direct form's then)
+    from_m = torch.exp((cum - m).clamp_(max=-NEGLIGIBLE))
+    kept = _exp(m)[..., None].expand(b, c, 1, g, r, p).reshape(b, c, 1, g, r * p)
+    m_to_end = torch.exp(last - m)[..., None].expand(b, c, 1, g, r, p).reshape(b, c, g, r * p)
+    strong = _chunk_heads(last[:, :, 0] < 2 * NEGLIGIBLE)  # (i, k, j) -> heads, direct form
+    halved = _chunk_heads(middle[:, :, 0])  # (i, k, j) -> heads factored about the middle
 
     if initial_state is None:
         state = x.new_zeros(b, g, n, r * p)
@@ -95,15 +100,25 @@ def ssd_scan(
             dtx = x_k[:, heads] * dt[i, lo:hi].view(-1, g, r)[:, j, heads, None]
             h0 = S.view(n, r, p)[:, heads]
             direct = _direct(dtx, cum[i, k, : hi - lo, j, heads], scores, C_k, h0)
-        x_end = (x_k * to_end[i, k, : hi - lo, j, :, None]).view(-1, r * p)
-        S.mul_(kept[i, k, :, j])  # exp(cum_L) h_0
+        x_m = (x_k * to_m[i, k, : hi - lo, j, :, None]).view(-1, r * p)
+        S.mul_(kept[i, k, :, j])  # exp(m) h_0
         torch.mm(C_k, S, out=y_k)
-        y_k.addmm_(scores, x_end)
-        S.addmm_(B_k.T, x_end)
-        y_k.view(-1, r, p).mul_(from_end[i, k, : hi - lo, j, :, None])
+        y_k.addmm_(scores, x_m)
+        S.addmm_(B_k.T, x_m)
+        y_k.view(-1, r, p).mul_(from_m[i, k, : hi - lo, j, :, None])
+        if (i, k, j) in halved:
+            S.mul_(m_to_end[i, k, j])  # exp(cum_L - m): the state at the chunk's end
         if heads:
             y_k.view(-1, r, p)[:, heads] = direct
     return y.view(b, l, h, p), state.transpose(-1, -2).reshape(b, h, p, n)
+
+
+def _chunk_heads(mask: torch.Tensor) -> dict[tuple[int, int, int], list[int]]:
+    """mask (b, c, g, r) -> {(batch, chunk, group): the heads set in it}."""
+    heads: dict[tuple[int, int, int], list[int]] = {}
+    for i, k, j, head in mask.nonzero().tolist():
+        heads.setdefault((i, k, j), []).append(head)
+    return heads
 
 
 def _direct(
