@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.causal_conv import causal_conv
 from harness.models.mamba1.config import Mamba1Config
 from harness.models.mamba2.model import RMSNorm
 from harness.models.recurrence import (
@@ -84,7 +85,8 @@ class Mixer(nn.Module):
         """u (b, l, d_model) -> out (b, l, d_model), new conv state, what the scan carries."""
         c = self.config
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d) each
-        x, conv = self.causal_conv(x, conv)
+        taps = self.conv1d.weight[:, 0].t().contiguous()  # (d_conv, d_inner)
+        x, conv = causal_conv(x, conv, taps, self.conv1d.bias)
         x = x.float()
         r, B, C = self.x_proj(x.to(u.dtype)).float().split([c.rank, c.d_state, c.d_state], -1)
         dt = F.softplus(F.linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))
@@ -99,19 +101,6 @@ class Mixer(nn.Module):
         y, carried = run_scan(self.layer, inputs, carried, hooks, diagonal_scan)
         y = (y[..., 0] + self.D.float() * x) * F.silu(z.float())
         return self.out_proj(y.to(u.dtype)), conv, carried
-
-    def causal_conv(
-        self, x: torch.Tensor, state: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (b, l, d) -> silu(conv) (b, l, d), and the last d_conv - 1 inputs (b, d, k - 1)."""
-        l, k = x.shape[1], self.config.d_conv
-        window = torch.cat([state.transpose(1, 2), x], dim=1)  # (b, k - 1 + l, d)
-        w = self.conv1d.weight[:, 0]  # (d, k)
-        bias = self.conv1d.bias if self.conv1d.bias is not None else w.new_zeros(w.shape[0])
-        out = torch.addcmul(bias, w[:, 0], window[:, :l])
-        for j in range(1, k):  # out_t = bias + sum_j w_j in_{t - k + 1 + j}
-            out.addcmul_(w[:, j], window[:, j : j + l])
-        return F.silu(out), window[:, l:].transpose(1, 2).contiguous()
 
 
 class Block(nn.Module):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.causal_conv import causal_conv
 from harness.models.mamba2.config import Mamba2Config
 from harness.models.mamba2.ssd import scan
 from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, in_pieces, run_scan
@@ -109,7 +110,8 @@ class Mixer(nn.Module):
         b, l, _ = u.shape
         u = u.to(self.in_proj.weight.dtype)
         z, xBC, dt = self.project_in(u)
-        xBC, conv_state = self.causal_conv(xBC, state.conv)
+        taps = self.conv1d.weight[:, 0].t().contiguous()  # (d_conv, conv_dim)
+        xBC, conv_state = causal_conv(xBC, state.conv, taps, self.conv1d.bias)
         x, B, C = xBC.float().split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
         inputs = ScanInputs(
             x=x.reshape(b, l, c.nheads, c.headdim),
@@ -133,26 +135,6 @@ class Mixer(nn.Module):
         z = F.linear(u, w[: c.d_inner], None if bias is None else bias[: c.d_inner])
         rest = F.linear(u, w[c.d_inner :], None if bias is None else bias[c.d_inner :])
         return z, *rest.split([c.conv_dim, c.nheads], dim=-1)
-
-    def causal_conv(
-        self, xBC: torch.Tensor, conv_state: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """xBC (b, l, conv_dim) -> silu(conv) (b, l, conv_dim) and the last d_conv - 1 inputs.
-
-        out_t = bias + sum_j w_j in_{t - k + 1 + j}, one tap at a time over the channels-last
-        window (depthwise F.conv1d is slow on CPU, worst for single tokens); each tap's weights
-        contiguous (a strided one makes every pass several times slower)."""
-        l, k = xBC.shape[1], self.config.d_conv
-        window = torch.cat([conv_state.transpose(1, 2), xBC], dim=1)  # (b, k - 1 + l, conv_dim)
-        w = self.conv1d.weight[:, 0].t().contiguous()  # (k, conv_dim)
-        bias = self.conv1d.bias if self.conv1d.bias is not None else w.new_zeros(w.shape[1])
-        out = torch.addcmul(bias, w[0], window[:, :l])
-        for j in range(1, k):
-            out.addcmul_(w[j], window[:, j : j + l])
-        # the state is a copy, so that it does not keep the whole window alive
-        return F.silu(out, inplace=True), window[:, l:].transpose(1, 2).clone(
-            memory_format=torch.contiguous_format
-        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""The blocked causal convolution against torch's own depthwise F.conv1d over the whole sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.models import causal_conv as module
+from harness.models.causal_conv import causal_conv
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (b, k - 1 + l, d) the state's inputs then the new ones -> silu(conv) of the last l."""
+    d = x.shape[-1]
+    out = F.conv1d(x.transpose(1, 2), weight.t()[:, None], bias, groups=d)  # (b, d, l)
+    return F.silu(out).transpose(1, 2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 21])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_conv_matches_conv1d_and_carries_its_inputs(
+    k: int, length: int, with_bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(module, "BLOCK", 4)  # several blocks, the last one short
+    g = torch.Generator().manual_seed(k * 100 + length)
+    b, d = 2, 6
+    before = torch.randn(b, k - 1, d, generator=g)
+    x = torch.randn(b, length, d, generator=g)
+    weight = torch.randn(k, d, generator=g)
+    bias = torch.randn(d, generator=g) if with_bias else None
+    out, state = causal_conv(x, before.transpose(1, 2), weight, bias)
+    whole = torch.cat([before, x], dim=1)
+    assert torch.allclose(out, reference(whole, weight, bias), atol=1e-6)
+    assert torch.equal(state, whole[:, whole.shape[1] - k + 1 :].transpose(1, 2))
+
+
+def test_causal_conv_in_pieces_equals_one_pass_and_is_differentiable() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 600, 5, generator=g, requires_grad=True)
+    weight, bias = torch.randn(4, 5, generator=g), torch.randn(5, generator=g)
+    state = torch.zeros(1, 5, 3)
+    whole, _ = causal_conv(x, state, weight, bias)
+    first, state = causal_conv(x[:, :257], state, weight, bias)
+    second, _ = causal_conv(x[:, 257:], state, weight, bias)
+    assert torch.equal(torch.cat([first, second], dim=1), whole)
+    (grad,) = torch.autograd.grad(whole.square().sum(), x)
+    padded = torch.cat([torch.zeros(1, 3, 5), x], dim=1)
+    (expected,) = torch.autograd.grad(reference(padded, weight, bias).square().sum(), x)
+    assert torch.allclose(grad, expected, atol=1e-5)
