@@ -16,7 +16,8 @@ Per layer and per piece of the sequence, a family's mixer computes these `ScanIn
   1. `transform_inputs(layer, inputs)` may edit dt, A and B (forget more / remember less,
      dt and A scaling, token filtering). A may come back per token, (b, l, h) or (b, l, h, n).
   2. the scan runs: `scans[layer]` when a replacement is set for that layer (the sliding
-     window), the family's own scan otherwise. A scan returns y = C h and the state to carry.
+     window), the family's own scan otherwise. A scan returns y = C h, a new tensor the
+     family may write in place, and the state to carry.
   3. every `interval` tokens (at absolute positions that are multiples of it), the scan stops,
      `transform_state(layer, h, position)` is called (state normalization) and a
      `StateSnapshot` goes to `observer` (state statistics), then it goes on.

@@ -123,7 +123,7 @@ class Mixer(nn.Module):
         )
         ssd = partial(scan, backend=backend, chunk_size=c.chunk_size)
         y, carried = run_scan(self.layer, inputs, state.scan, hooks, ssd)
-        y = torch.addcmul(y, self.D.float()[:, None], inputs.x)  # + D x, (b, l, h, p)
+        y = y.addcmul_(inputs.x, self.D.float()[:, None])  # + D x in place: a scan's y is new
         y = self.norm(y.reshape(b, l, c.d_inner), z)
         return self.out_proj(y.to(self.out_proj.weight.dtype)), LayerState(conv_state, carried)
 

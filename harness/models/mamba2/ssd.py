@@ -85,31 +85,48 @@ def ssd_scan(
     strong = _chunk_heads(last[:, :, 0] < 2 * NEGLIGIBLE)  # (i, k, j) -> heads, direct form
     halved = _chunk_heads(middle[:, :, 0])  # (i, k, j) -> heads factored about the middle
 
+    padded = (0, 0, 0, 0, 0, c * L - l)
+    C_c = F.pad(C, padded).view(b, c, L, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, L, n)
+    B_c = F.pad(B, padded).view(b, c, L, g, n).permute(0, 3, 1, 4, 2)  # (b, g, c, n, L)
+    scores = (C_c @ B_c).tril_()  # (b, g, c, L, L): C_t . B_s for s <= t, else 0
+
     if initial_state is None:
         state = x.new_zeros(b, g, n, r * p)
     else:
         state = initial_state.reshape(b, g, r * p, n).transpose(-1, -2).contiguous()
     y = x.new_empty(b, l, g, r * p)
-    for k, (i, j) in itertools.product(range(c), itertools.product(range(b), range(g))):
-        lo, hi = k * L, min(k * L + L, l)
-        x_k, y_k = x[i, lo:hi].view(-1, g, r, p)[:, j], y[i, lo:hi, j]  # (T, r, p), (T, r p)
-        B_k, C_k, S = B[i, lo:hi, j], C[i, lo:hi, j], state[i, j]  # (T, n), (T, n), (n, r p)
-        scores = C_k.mm(B_k.T).tril_()  # (T, T): C_t . B_s for s <= t, else 0
-        heads = strong.get((i, k, j))
-        if heads:
-            dtx = x_k[:, heads] * dt[i, lo:hi].view(-1, g, r)[:, j, heads, None]
-            h0 = S.view(n, r, p)[:, heads]
-            direct = _direct(dtx, cum[i, k, : hi - lo, j, heads], scores, C_k, h0)
-        x_m = (x_k * to_m[i, k, : hi - lo, j, :, None]).view(-1, r * p)
-        S.mul_(kept[i, k, :, j])  # exp(m) h_0
-        torch.mm(C_k, S, out=y_k)
-        y_k.addmm_(scores, x_m)
-        S.addmm_(B_k.T, x_m)
-        y_k.view(-1, r, p).mul_(from_m[i, k, : hi - lo, j, :, None])
-        if (i, k, j) in halved:
-            S.mul_(m_to_end[i, k, j])  # exp(cum_L - m): the state at the chunk's end
-        if heads:
-            y_k.view(-1, r, p)[:, heads] = direct
+    for i, j in itertools.product(range(b), range(g)):
+        S = state[i, j]  # (n, r p)
+        chunks = zip(
+            x[i].view(l, g, r, p)[:, j].split(L),  # (T, r, p), T = L but for the last chunk
+            y[i, :, j].split(L),  # (T, r p)
+            B[i, :, j].split(L),  # (T, n)
+            C[i, :, j].split(L),  # (T, n)
+            scores[i, j],  # (L, L)
+            to_m[i, :, :, j, :, None],  # (L, r, 1)
+            from_m[i, :, :, j, :, None],  # (L, r, 1)
+            kept[i, :, 0, j],  # (r p)
+            strict=True,
+        )
+        for k, (x_k, y_k, B_k, C_k, scores_k, to_k, from_k, kept_k) in enumerate(chunks):
+            T = x_k.shape[0]
+            if T < L:
+                scores_k, to_k, from_k = scores_k[:T, :T], to_k[:T], from_k[:T]
+            heads = strong.get((i, k, j))
+            if heads:
+                dtx = x_k[:, heads] * dt[i, k * L : k * L + T].view(T, g, r)[:, j, heads, None]
+                h0 = S.view(n, r, p)[:, heads]
+                direct = _direct(dtx, cum[i, k, :T, j, heads], scores_k, C_k, h0)
+            x_m = (x_k * to_k).view(T, r * p)
+            S.mul_(kept_k)  # exp(m) h_0
+            torch.mm(C_k, S, out=y_k)
+            y_k.addmm_(scores_k, x_m)
+            S.addmm_(B_k.T, x_m)
+            y_k.view(T, r, p).mul_(from_k)
+            if (i, k, j) in halved:
+                S.mul_(m_to_end[i, k, j])  # exp(cum_L - m): the state at the chunk's end
+            if heads:
+                y_k.view(T, r, p)[:, heads] = direct
     return y.view(b, l, h, p), state.transpose(-1, -2).reshape(b, h, p, n)
 
 
