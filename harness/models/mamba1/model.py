@@ -114,7 +114,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, Carried]:
         """u (b, l, d_model) float32 residual stream -> the same after this layer, its state."""
         out, conv, carried = self.mixer(self.norm(u), conv, carried, start, hooks)
-        return u + out.float(), conv, carried
+        return out.float().add_(u), conv, carried  # out is new: the sum written into it
 
 
 class Mamba1(nn.Module):

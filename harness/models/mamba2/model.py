@@ -77,7 +77,10 @@ class GatedRMSNorm(nn.Module):
         """y (b, l, d) float32, z (b, l, d) -> (b, l, d) float32."""
         y = F.silu(z.float()).mul_(y)  # in place on fresh tensors: fewer passes over memory
         groups = y.view(*y.shape[:-1], -1, self.group_size)  # (b, l, g, d / g)
-        groups = groups * torch.rsqrt(mean_square(groups) + self.eps)
+        scale = torch.rsqrt(mean_square(groups) + self.eps)  # (b, l, g, 1)
+        # in place where autograd does not record (it saved groups): a fresh l x d tensor costs
+        # ~1 ms per layer and 2048 tokens at 130m
+        groups = groups * scale if torch.is_grad_enabled() else groups.mul_(scale)
         return groups.view(y.shape).mul_(self.weight.float())
 
 
@@ -154,7 +157,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, LayerState]:
         """u (b, l, d_model) float32 residual stream -> the same after this layer, its state."""
         out, state = self.mixer(self.norm(u), state, start, hooks, backend)
-        return u + out.float(), state
+        return out.float().add_(u), state  # out is new: the sum written into it
 
 
 class Mamba2(nn.Module):
