@@ -74,8 +74,9 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y (b, l, d) float32, z (b, l, d) -> (b, l, d) float32."""
-        y = F.silu(z.float()).mul_(y)  # in place on fresh tensors: fewer passes over memory
+        """y (b, l, d) float32, z (b, l, d) -> (b, l, d) float32, written over z when z is float32
+        (a new l x d tensor would cost a pass over fresh memory)."""
+        y = F.silu(z.float(), inplace=True).mul_(y)
         groups = y.view(*y.shape[:-1], -1, self.group_size)  # (b, l, g, d / g)
         scale = torch.rsqrt(mean_square(groups) + self.eps)  # (b, l, g, 1)
         # in place where autograd does not record (it saved groups): a fresh l x d tensor costs
