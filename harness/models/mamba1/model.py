@@ -99,7 +99,7 @@ class Mixer(nn.Module):
             start=start,
         )
         y, carried = run_scan(self.layer, inputs, carried, hooks, diagonal_scan)
-        y = (y[..., 0] + self.D.float() * x) * F.silu(z.float())
+        y = torch.addcmul(y[..., 0], x, self.D.float()).mul_(F.silu(z.float()))  # (y + D x) silu(z)
         return self.out_proj(y.to(u.dtype)), conv, carried
 
 
