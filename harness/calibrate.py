@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from harness.settings import PATH
+
 if TYPE_CHECKING:
     import torch
 
@@ -220,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--documents", type=int, default=CalibrationConfig.documents)
     parser.add_argument("--seed", type=int, default=CalibrationConfig.seed)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--out", type=PATH, required=True, help="the JSON file to write")
 
 
 def command(args: argparse.Namespace) -> int:

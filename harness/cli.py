@@ -37,10 +37,8 @@ from harness.plan import (
     parse_tasks,
 )
 from harness.registry import MITIGATIONS, TASKS, RegistryError
-from harness.settings import argument_type, describe, format_value
+from harness.settings import FLOAT, INT, PATH, describe, format_value
 from harness.train import cli as train_cli
-
-INT, FLOAT = argument_type(int), argument_type(float)  # ASCII digits only, like settings
 
 if TYPE_CHECKING:
     from harness.executors.base import ExecutorSettings
@@ -168,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_arguments(run)
 
     status = sub.add_parser("status", help="which units of the last run are done, failed, missing")
-    status.add_argument("--out", type=Path, default=Path("results"))
+    status.add_argument("--out", type=PATH, default=Path("results"))
     return parser
 
 

@@ -29,8 +29,10 @@ from typing import Any, Literal, TypeVar
 
 S = TypeVar("S")
 
-INTEGER = re.compile(r"[+-]?[0-9]+")
-FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?inf", re.IGNORECASE)
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+FLOAT_TEXT = re.compile(
+    r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?inf", re.IGNORECASE
+)
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 NONE = ("none", "")
 
@@ -122,15 +124,15 @@ def parse_value(text: str, kind: Any) -> Any:
         if text.lower() in FALSE:
             return False
     elif kind is int:
-        if INTEGER.fullmatch(text):
+        if INTEGER_TEXT.fullmatch(text):
             return int(text)
     elif kind is float:
-        if FLOAT.fullmatch(text):
+        if FLOAT_TEXT.fullmatch(text):
             return float(text)
     elif kind is str:
         return text
     elif kind is Path:
-        if text:
+        if text.strip():  # an empty path would be the current folder
             return Path(text)
     elif typing.get_origin(kind) is Literal:
         if text in typing.get_args(kind):
@@ -201,3 +203,8 @@ def _optional(kind: Any) -> Any:
         if len(args) == 1 and len(typing.get_args(kind)) == 2:
             return args[0]
     return None
+
+
+# flags read with the one converter: ASCII digits only; a path refused when empty (Path("")
+# would be the current folder)
+INT, FLOAT, PATH = argument_type(int), argument_type(float), argument_type(Path)

@@ -84,7 +84,9 @@ def perplexity(mean_loss: float) -> float:
 @dataclass(frozen=True)
 class PerplexitySettings(SourceSettings):
     source: str = setting(
-        DEFAULT_SOURCE, "sonnets (real text shipped with the package), or as state-stats's"
+        DEFAULT_SOURCE,
+        "sonnets (real text shipped with the package), or any source state-stats takes: "
+        "newlines, capital, haystack, pg19, a .txt/.jsonl/.parquet file, a folder, a hub id",
     )
     documents: int = setting(1, "documents per length (synthetic sources have one)")
     bucket: int = setting(128, "positions per bucket of the loss curve")

@@ -146,6 +146,8 @@ def resolve(name: str, column: str = "text", split: str = AUTO_SPLIT, subset: st
 
 
 def _kind_of(name: str, column: str, split: str) -> Source:
+    if not name.strip():  # Path("") would be the current folder
+        raise SourceError(f"the text source is empty. Valid: {VALID}")
     if name in SYNTHETIC:
         return Source(name, "synthetic", name, column, split)
     if name in SHIPPED:

@@ -46,6 +46,10 @@ def fails(args: list[str], out: Path, capsys: pytest.CaptureFixture[str], *expec
         (["--models", "tiny-pythia", "--option", "passkey.x=1"], ["has no option 'x'"]),
         (["--models", "tiny-mamba2", "--backend", "triton"], ["backend 'triton' needs mamba-ssm"]),
         (["--models", "tiny-pythia", "--option", "passkey"], ["bad --option 'passkey'"]),
+        (
+            ["--models", "tiny-pythia", "--tasks", "perplexity", "--option", "perplexity.source="],
+            ["the text source is empty", "sonnets"],
+        ),
         (["--models", "tiny-pythia", "--option", "pasky.x=1"], ["unknown task 'pasky'"]),
         (
             ["--models", "tiny-pythia", "--mitigations", "rri"],
@@ -121,3 +125,39 @@ def test_list_prints_one_line_per_name(capsys: pytest.CaptureFixture[str]) -> No
     for what, name in [("models", "mamba2-370m"), ("tasks", "passkey"), ("mitigations", "none")]:
         assert main(["list", what]) == 0
         assert name in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--out", ""],
+        ["leaderboard", "--results", ""],
+        ["leaderboard", "--out", ""],
+        ["export", "--format", "lm-eval", "--out", ""],
+        ["export", "--results", " ", "--format", "lm-eval", "--out", "x"],
+        ["train", "--model", "mamba2", "--data", "passkey", "--out", ""],
+        ["calibrate", "--out", "", "x"],
+    ],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(
+    args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_refuses_an_output_folder_that_is_a_file_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "file"
+    out.write_text("x")
+    assert main(["train", "--model", "mamba2", "--data", "passkey", "--out", str(out)]) == 2
+    assert "is a file; give a directory" in capsys.readouterr().err
+    assert out.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["file"]

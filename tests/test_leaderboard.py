@@ -278,6 +278,16 @@ def test_bad_options_exit_2(option: list[str], capsys: pytest.CaptureFixture) ->
     assert option[1] in capsys.readouterr().err
 
 
+def test_an_output_folder_that_is_a_file_exits_2(
+    results: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "file"
+    out.write_text("x")
+    assert run_cli("--results", str(results), "--out", str(out)) == 2
+    assert "is a file; give a directory" in capsys.readouterr().err
+    assert out.read_text() == "x"
+
+
 def test_perplexity_at_multiples_of_the_training_length(tmp_path: Path) -> None:
     root = tmp_path / "results"
     # two documents, 8 buckets of 1K: loss 1 then 2 in [1K, 2K), 3 in [3K, 4K)

@@ -18,15 +18,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from harness.settings import PATH
+
 FORMATS = ("lm-eval", "every-eval-ever")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--results", type=Path, default=Path("results"), help="results folder (default: results)"
+        "--results", type=PATH, default=Path("results"), help="results folder (default: results)"
     )
     parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--out", type=PATH, required=True, help="output folder (created)")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from harness.leaderboard.options import DEFAULT_POSITIONS, DEFAULT_THRESHOLD, Options
-from harness.settings import SettingError, parse_value
+from harness.settings import PATH, SettingError, parse_value
 
 
 def threshold(text: str) -> float:
@@ -41,10 +41,10 @@ def positions(text: str) -> tuple[float, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--results", type=Path, default=Path("results"), help="results folder (default: results)"
+        "--results", type=PATH, default=Path("results"), help="results folder (default: results)"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: <results>/leaderboard)"
+        "--out", type=PATH, default=None, help="output folder (default: <results>/leaderboard)"
     )
     parser.add_argument(
         "--threshold",
@@ -67,13 +67,15 @@ def command(args: argparse.Namespace) -> int:
     from harness.leaderboard.build import build
     from harness.leaderboard.load import NoResultsError
     from harness.leaderboard.write import write_leaderboard
+    from harness.plan import UsageError, check_out_dir
 
+    out = args.out if args.out is not None else args.results / "leaderboard"
     try:
         board = build(args.results, Options(args.threshold, tuple(args.positions)))
-    except NoResultsError as err:
-        print(f"harness leaderboard: {err}", file=sys.stderr)
+        check_out_dir(out)  # before anything is written
+    except (UsageError, NoResultsError) as err:
+        print(f"harness leaderboard: error: {err}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else args.results / "leaderboard"
     written = write_leaderboard(board, out)
     for warning in board.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -38,8 +38,9 @@ class Results:
 def load_results(root: Path) -> Results:
     """Every readable part under `root`, one DataFrame per table; NoResultsError if none."""
     if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise NoResultsError(
-            f"results folder {root} does not exist: run `harness run` first, "
+            f"results folder {root} {problem}: run `harness run` first, "
             "or point --results at the folder it wrote"
         )
     parts = sorted(root.glob(PART_GLOB))

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.settings import argument_type
+from harness.settings import FLOAT, INT, PATH
 from harness.train.models import FAMILIES, SHAPE_FIELDS, Shape, Trainable, build, load
-
-INT, FLOAT = argument_type(int), argument_type(float)  # ASCII digits only, like settings
 
 if TYPE_CHECKING:
     from harness.models.tokenizer import TextCodec
@@ -53,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="passkey samples: loss on the answer tokens only (default), also on the needle's "
         "repeated key (keys: a short copy that makes retrieval learnable sooner), or on all",
     )
-    what.add_argument("--out", type=Path, required=True, help="run directory (the checkpoint)")
+    what.add_argument("--out", type=PATH, required=True, help="run directory (the checkpoint)")
     what.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     what.add_argument(
         "--tokenizer",
@@ -135,11 +133,13 @@ def _trainer(args: argparse.Namespace) -> Trainer:
     """The trainer the arguments ask for, every input checked (ValueError subclasses)."""
     from harness.models.loading import pick_device
     from harness.models.tokenizer import encoder
+    from harness.plan import check_out_dir
     from harness.train.checkpoint import ResumeError, has_state
     from harness.train.data import parse_mixture
     from harness.train.loop import TrainConfig, Trainer
 
     _check_numbers(args)
+    check_out_dir(args.out)
     device = pick_device(args.device)
     if has_state(args.out) and not args.resume:
         raise ResumeError(
