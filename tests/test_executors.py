@@ -76,6 +76,7 @@ def test_worker_processes_give_the_in_process_tables(
     one_thread: None, tmp_path: Path, table_rows, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ("--tasks", "passkey,perplexity", "--lengths", "300,400")
+    args += ("--mitigations", "none,state-norm,longmamba")  # these two calibrate on the model
     assert run(tmp_path / "one", *args) == 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two GPUs named (none behind them here)
     assert run(tmp_path / "two", *args, "--workers", "2") == 0
@@ -86,6 +87,7 @@ def test_worker_processes_give_the_in_process_tables(
     manifests = sorted((tmp_path / "two" / "runs").glob("*/*.json"))
     run_manifest = json.loads(next((tmp_path / "two" / "runs").glob("*.json")).read_text())
     assert len(manifests) == len(run_manifest["jobs"]) > 2
+    assert run_manifest["units"]["run"] == 16  # every outcome came back from the workers
     assert {m.parent.name for m in manifests} == {run_manifest["run_id"]}
     workers = [json.loads(m.read_text()) for m in manifests]
     assert {w["device"] for w in workers} == {"cpu"} and len({w["pid"] for w in workers}) == 2

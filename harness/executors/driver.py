@@ -230,6 +230,7 @@ class Driver:
         job = finished.job
         if finished.result is None:
             self.lost_jobs[job.id] = finished.error
+            report.problems.append(f"the outcomes of job {job.id} ({finished.error})")
             report.lost += [
                 u
                 for u in job.units

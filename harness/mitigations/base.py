@@ -8,6 +8,7 @@ so two spellings of the same setting land in the same results partition.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,6 +38,13 @@ class Mitigation(ABC):
         except SettingError as err:
             raise MitigationError(str(err)) from None
         self.validate()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling keeps: everything but weak references to the model it calibrated on,
+        which do not pickle. A unit's outcome comes back from a worker process with its
+        mitigation, a copy that says what ran (spec, artifacts); jobs go out to workers before
+        any calibration."""
+        return {k: None if isinstance(v, weakref.ref) else v for k, v in self.__dict__.items()}
 
     @property
     def params(self) -> dict[str, Any]:
