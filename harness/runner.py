@@ -426,6 +426,7 @@ class JobRunner:
             "device": self.device,
             "device_name": device_name(self.device),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "threads": torch.get_num_threads(),  # matmul sums round by the thread count
             "versions": versions(),
             "git_commit": self.commit,
             "started_at": datetime.fromtimestamp(started, UTC).isoformat(),

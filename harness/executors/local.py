@@ -2,7 +2,7 @@
 progress per token), or in `--workers N` worker processes.
 
 Worker processes are started fresh (spawn) and keep running job after job; each takes an
-equal share of the CPU threads. With --device auto or cuda and several GPUs visible (those of
+equal share of the CPU threads, at most as many as the driver uses. With --device auto or cuda and several GPUs visible (those of
 CUDA_VISIBLE_DEVICES, else all), worker k gets the k-th of them (round robin) as its
 CUDA_VISIBLE_DEVICES, as a cluster engine would assign them; `--device cuda:N` pins every
 worker to GPU N instead. A worker that dies (killed, out of host memory) breaks the
@@ -56,7 +56,8 @@ class LocalExecutor(Executor):
 
     def _start_pool(self, jobs: Sequence[Job]) -> None:
         workers = self.settings.workers
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        # an equal share of the cores, no more than this process uses (OMP_NUM_THREADS)
+        threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
         context = get_context("spawn")
         gpus = visible_gpus() if jobs[0].config.device in ("auto", "cuda") else []
         queue = context.Queue() if gpus else None
