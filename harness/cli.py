@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -229,14 +230,16 @@ def list_command(what: str) -> None:
             print(f"    {key:<{width}}  ({s.kind}) {s.help}")
 
 
-def list_to_stdout(what: str) -> int:
-    """list_command; a reader that stops early (`harness list tasks | head`) is no error."""
+def to_stdout(command: Callable[[], int | None]) -> int:
+    """Run a command that prints; a reader that stops early (`harness list tasks | head`,
+    `harness status | head -1`) is no error."""
     try:
-        list_command(what)
+        code = command() or 0
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-    return 0
+        return 0
+    return code
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
@@ -438,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "list":
-            return list_to_stdout(args.what)
+            return to_stdout(lambda: list_command(args.what))
         if args.command == "leaderboard":
             return leaderboard_cli.command(args)
         if args.command == "export":
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from harness.executors.status import status_command
 
-            return status_command(args.out)
+            return to_stdout(lambda: status_command(args.out))
         return run_command(args, list(sys.argv[1:] if argv is None else argv))
     except UsageError as err:
         print(f"harness: error: {err}", file=sys.stderr)

@@ -111,6 +111,34 @@ def test_status_names_done_failed_and_missing_units(
     assert lost.is_file()
 
 
+def test_status_says_when_a_running_run_lost_its_driver_and_survives_a_closed_pipe(
+    one_thread: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    assert run(out, "--lengths", "300") == 0
+    manifest = next((out / "runs").glob("*.json"))
+    written = json.loads(manifest.read_text())
+    assert written["driver"] == {"host": os.uname().nodename, "pid": os.getpid()}
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    written |= {"state": "running", "driver": {**written["driver"], "pid": int(gone.stdout)}}
+    manifest.write_text(json.dumps(written))  # as a driver killed with -9 leaves it
+    capsys.readouterr()
+    assert main(["status", "--out", str(out)]) == 0
+    assert f"stopped: its driver, pid {int(gone.stdout)}, is gone" in capsys.readouterr().out
+    closed = subprocess.run(  # a reader gone before the first line: no traceback
+        f"{sys.executable} -m harness status --out {out} | true",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert closed.stderr == ""
+
+
 def test_status_of_a_folder_without_runs_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["status", "--out", str(tmp_path)]) == 2
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -286,6 +287,7 @@ class Driver:
         manifest = {
             "run_id": self.run_id,
             "state": state,  # running | finished | interrupted
+            "driver": {"host": socket.gethostname(), "pid": os.getpid()},  # who writes this
             "command": config.command,
             "config": {
                 "models": [

@@ -1,11 +1,10 @@
 """This machine: jobs run in the driver's own process (one worker, today's behaviour, with
-progress per token), or in `--workers N` worker processes.
-
-Worker processes are started fresh (spawn) and keep running job after job; each takes an
-equal share of the CPU threads, at most as many as the driver uses. With --device auto or cuda and several GPUs visible (those of
-CUDA_VISIBLE_DEVICES, else all), worker k gets the k-th of them (round robin) as its
-CUDA_VISIBLE_DEVICES, as a cluster engine would assign them; `--device cuda:N` pins every
-worker to GPU N instead. A worker that dies (killed, out of host memory) breaks the
+progress per token), or in `--workers N` worker processes. Worker processes are started
+fresh (spawn) and keep running job after job; each takes an equal share of the CPU threads,
+at most as many as the driver uses. With --device auto or cuda and several GPUs visible
+(those of CUDA_VISIBLE_DEVICES, else all), worker k gets the k-th of them (round robin) as
+its CUDA_VISIBLE_DEVICES, as a cluster engine would assign them; `--device cuda:N` pins
+every worker to GPU N instead. A worker that dies (killed, out of host memory) breaks the
 pool: the jobs it had not finished are handed to a fresh pool up to --max-retries times (the
 units they had already written are not run again), then reported lost.
 """

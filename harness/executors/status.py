@@ -4,6 +4,8 @@ missing, from its run manifest (runs/<run id>.json) and the parts on disk."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,23 @@ def describe(unit: dict[str, Any]) -> str:
     return f"{unit['model']} {unit['mitigation']} {unit['task']} {params}"
 
 
+def run_state(run: dict[str, Any]) -> str:
+    """The manifest's state; a `running` run whose driver process is gone from this host
+    (killed, crashed) says so."""
+    state = run.get("state", "finished")
+    driver = run.get("driver", {})
+    if state != "running" or driver.get("host") != socket.gethostname():
+        return state
+    try:
+        os.kill(driver["pid"], 0)  # signal 0: does the process exist?
+    except ProcessLookupError:
+        pid = driver["pid"]
+        return f"stopped: its driver, pid {pid}, is gone; rerun the same command to resume"
+    except PermissionError:  # exists, another user's
+        pass
+    return state
+
+
 def status_command(out: Path) -> int:
     """Print the state of the last run's units; 0 when all are done or skipped, else 1."""
     if not out.is_dir():
@@ -67,7 +86,7 @@ def status_command(out: Path) -> int:
     counts = Counter(state for _, state, _ in found)
     executor = run["config"].get("executor", {}).get("name", "local")
     print(
-        f"run {run['run_id']} ({run.get('state', 'finished')}, executor {executor}, "
+        f"run {run['run_id']} ({run_state(run)}, executor {executor}, "
         f"started {run['started_at']}): {len(found)} units: {counts['done']} done, "
         f"{counts['skipped']} skipped, {counts['failed']} failed, {counts['missing']} missing"
     )
