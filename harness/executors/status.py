@@ -4,7 +4,6 @@ missing, from its run manifest (runs/<run id>.json) and the parts on disk."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections import Counter
 from pathlib import Path
@@ -67,14 +66,10 @@ def run_state(run: dict[str, Any]) -> str:
     driver = run.get("driver", {})
     if state != "running" or driver.get("host") != socket.gethostname():
         return state
-    try:
-        os.kill(driver["pid"], 0)  # signal 0: does the process exist?
-    except ProcessLookupError:
-        pid = driver["pid"]
-        return f"stopped: its driver, pid {pid}, is gone; rerun the same command to resume"
-    except PermissionError:  # exists, another user's
-        pass
-    return state
+    if results.pid_alive(driver["pid"]):
+        return state
+    pid = driver["pid"]
+    return f"stopped: its driver, pid {pid}, is gone; rerun the same command to resume"
 
 
 def status_command(out: Path) -> int:
