@@ -44,6 +44,7 @@ from harness.train import cli as train_cli
 if TYPE_CHECKING:
     from harness.executors.base import ExecutorSettings
     from harness.executors.driver import Report
+    from harness.plan import Plan
     from tasks.base import Task
 
 # Only the commands that need them import torch, pyarrow, pandas, transformers or rich, so that
@@ -313,7 +314,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
             f"interrupted; {report.done_now} units done, rerun the same command to resume"
         )
         return 130
-    print_report(report)
+    print_report(report, plan, args.out)
     if report.lost:
         console.print(
             f"{len(report.lost)} units missing (their worker was lost); "
@@ -372,22 +373,26 @@ def check_absolute_sources(tasks: list[Task], executor: str) -> None:
                 )
 
 
-def print_report(report: Report) -> None:
-    """One row per (model, mitigation), one column per (task, length): each unit's summary."""
+def print_report(report: Report, plan: Plan, out: Path) -> None:
+    """One row per (model, mitigation), one column per (task, length): each unit's summary,
+    those of units done before this run read from their parts."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    if not report.outcomes:
-        console.print(f"nothing to do: all {len(report.skipped)} units are already done")
-        return
+    from harness.runner import done_summary
+
+    ran = {o.unit.id: o.summary if o.status == "ok" else o.status for o in report.outcomes}
+    before = {u.id for u in report.skipped}
     columns: dict[str, None] = {}
     cells: dict[tuple[str, str], dict[str, str]] = {}
-    for o in report.outcomes:
-        column = f"{o.unit.task.name} {o.unit.params.get('length', '')}".strip()
+    for unit in plan.units:
+        if unit.id not in ran and unit.id not in before:
+            continue  # lost, or interrupted
+        column = f"{unit.task.name} {unit.params.get('length', '')}".strip()
         columns[column] = None
-        row = cells.setdefault((o.unit.model.name, o.unit.mitigation.spec), {})
-        row[column] = o.summary if o.status == "ok" else o.status
+        row = cells.setdefault((unit.model.name, unit.mitigation.spec), {})
+        row[column] = ran[unit.id] if unit.id in ran else done_summary(out, unit)
     table = Table(title=f"run {report.run_id}", caption=SUMMARY_CAPTION)
     table.add_column("model", no_wrap=True)  # whole names; the other columns fold
     for name in ("mitigation", *columns):
@@ -396,6 +401,9 @@ def print_report(report: Report) -> None:
         texts = (model, mitigation, *(row.get(c, "") for c in columns))
         table.add_row(*(escape(text) for text in texts))  # names may hold [markup]
     Console(width=max(Console().width, 160)).print(table)
+    if not report.outcomes:
+        console.print(f"nothing to do: all {len(report.skipped)} units are already done")
+        return
     for o in report.failed:
         console.print(
             f"failed: {o.unit.model.name} {o.unit.mitigation.spec} "

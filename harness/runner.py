@@ -186,6 +186,15 @@ def part_state(path: Path, unit_id: str, run_id: str | None = None) -> str | Non
     return statuses.pop() if statuses in ({"ok"}, {SKIPPED}) else None
 
 
+def done_summary(out: Path, unit: Unit) -> str:
+    """The end-of-run table's cell of a unit done before this run, from its part."""
+    path = part_of(out, unit)
+    state = part_state(path, unit.id)
+    if state != "ok":
+        return state or "?"
+    return unit.task.summary(pq.read_table(path).to_pylist())
+
+
 def series_key(unit: Unit) -> tuple[str, str, str]:
     """The early stop's series: one (model, mitigation, task), lengths ascending."""
     return unit.model.name, unit.mitigation.spec, unit.task.name

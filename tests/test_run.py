@@ -105,6 +105,13 @@ def test_interrupted_run_resumes_without_duplicates(
     assert len(list(out.rglob("part-*.parquet"))) == 1
     monkeypatch.setattr(Passkey, "run", original)
     assert run(neox_dir, out) == 0
+    printed = "".join(capsys.readouterr())
+    # the summary covers the whole plan: the unit done before is read from its part
+    assert "passkey 512" in printed and "passkey 600" in printed
+    assert "1 units run (0 failed), 1 already done" in printed
+    assert run(neox_dir, out) == 0
+    printed = "".join(capsys.readouterr())
+    assert "passkey 512" in printed and "nothing to do: all 2 units are already done" in printed
     table = read_table(out, "passkey").to_pylist()
     assert sorted((r["length"], r["sample"]) for r in table) == [
         (n, s) for n in (512, 600) for s in range(3)
