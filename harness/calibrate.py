@@ -229,7 +229,7 @@ def command(args: argparse.Namespace) -> int:
     """`harness calibrate`: check everything, calibrate with a progress bar, write the file."""
     from harness.plan import UsageError, parse_lengths, parse_models
 
-    (length,) = _one_length(args.length, parse_lengths)
+    (length,) = _one_length(args.length, lambda text: parse_lengths(text, "length"))
     (source,) = parse_models(args.model)
     if source.family not in ("mamba1", "mamba2"):
         raise UsageError(

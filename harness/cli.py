@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.add_arguments(export)
 
     train = sub.add_parser(
-        "train", help="train or continue a Mamba-2 (state passing, TBPTT) or a GPT-NeoX"
+        "train",
+        help="train or continue a Mamba-2, Mamba-1, RWKV-6 or GPT-NeoX (state passing, TBPTT)",
     )
     train_cli.add_arguments(train)
 

@@ -59,20 +59,21 @@ def nonempty(text: str, what: str) -> str:
     return text
 
 
-def parse_lengths(text: str) -> tuple[int, ...]:
-    """'512,4k,1m' -> (512, 4096, 1048576); k = 1024, m = 1024^2."""
+def parse_lengths(text: str, flag: str = "lengths") -> tuple[int, ...]:
+    """'512,4k,1m' -> (512, 4096, 1048576); k = 1024, m = 1024^2. `flag`: the option's name,
+    for the errors."""
     lengths = []
-    for item in parse_list(text, "lengths"):
+    for item in parse_list(text, flag):
         m = LENGTH.fullmatch(item)
         if not m or int(m.group(1)) == 0:
             raise UsageError(
-                f"bad length {item!r} in --lengths: use a positive integer (ASCII digits) with "
+                f"bad length {item!r} in --{flag}: use a positive integer (ASCII digits) with "
                 "an optional k (x1024) or m (x1024^2) suffix, e.g. 512,4k,1m"
             )
         length = int(m.group(1)) * SCALE[m.group(2).lower()]
         if length > MAX_LENGTH:
             raise UsageError(
-                f"length {item!r} in --lengths is {length} tokens, above the limit of 16m "
+                f"length {item!r} in --{flag} is {length} tokens, above the limit of 16m "
                 f"({MAX_LENGTH} = 2^24 tokens): float32 counts positions exactly only up to 2^24"
             )
         lengths.append(length)
