@@ -40,7 +40,7 @@ class Plot:
 
 def to_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")  # whole legends
     return buffer.getvalue()
 
 
