@@ -75,7 +75,10 @@ def run_state(run: dict[str, Any]) -> str:
 def status_command(out: Path) -> int:
     """Print the state of the last run's units; 0 when all are done or skipped, else 1."""
     if not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is not a results folder")
+        raise UsageError(
+            f"no results folder {str(out)!r} (--out, default results): run `harness run` first, "
+            "or point --out at the folder it wrote"
+        )
     run = last_run(out)
     found = [(unit, *unit_status(out, unit)) for unit in run["plan"]]
     counts = Counter(state for _, state, _ in found)
