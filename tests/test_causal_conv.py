@@ -5,11 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from harness.models import causal_conv as module
 from harness.models.causal_conv import causal_conv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def depthwise(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv1d:
+    """A depthwise nn.Conv1d with taps weight (k, d) and bias (d,) or None."""
+    k, d = weight.shape
+    conv = nn.Conv1d(d, d, k, groups=d, bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(weight.t()[:, None])
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv.requires_grad_(False)
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -32,7 +44,7 @@ def test_causal_conv_matches_conv1d_and_carries_its_inputs(
     x = torch.randn(b, length, d, generator=g)
     weight = torch.randn(k, d, generator=g)
     bias = torch.randn(d, generator=g) if with_bias else None
-    out, state = causal_conv(x, before.transpose(1, 2), weight, bias)
+    out, state = causal_conv(x, before.transpose(1, 2), depthwise(weight, bias))
     whole = torch.cat([before, x], dim=1)
     assert torch.allclose(out, reference(whole, weight, bias), atol=1e-6)
     assert torch.equal(state, whole[:, whole.shape[1] - k + 1 :].transpose(1, 2))
@@ -42,10 +54,10 @@ def test_causal_conv_in_pieces_equals_one_pass_and_is_differentiable() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 600, 5, generator=g, requires_grad=True)
     weight, bias = torch.randn(4, 5, generator=g), torch.randn(5, generator=g)
-    state = torch.zeros(1, 5, 3)
-    whole, _ = causal_conv(x, state, weight, bias)
-    first, state = causal_conv(x[:, :257], state, weight, bias)
-    second, _ = causal_conv(x[:, 257:], state, weight, bias)
+    state, conv = torch.zeros(1, 5, 3), depthwise(weight, bias)
+    whole, _ = causal_conv(x, state, conv)
+    first, state = causal_conv(x[:, :257], state, conv)
+    second, _ = causal_conv(x[:, 257:], state, conv)
     assert torch.equal(torch.cat([first, second], dim=1), whole)
     (grad,) = torch.autograd.grad(whole.square().sum(), x)
     padded = torch.cat([torch.zeros(1, 3, 5), x], dim=1)

@@ -66,9 +66,8 @@ def run_state(run: dict[str, Any]) -> str:
     driver = run.get("driver", {})
     if state != "running" or driver.get("host") != socket.gethostname():
         return state
-    if results.pid_alive(driver["pid"]):
+    if results.pid_alive(pid := driver["pid"]):
         return state
-    pid = driver["pid"]
     return f"stopped: its driver, pid {pid}, is gone; rerun the same command to resume"
 
 

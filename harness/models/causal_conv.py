@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 BLOCK = 256  # tokens per block
 
 
 def causal_conv(
-    x: torch.Tensor, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, state: torch.Tensor, conv: nn.Conv1d
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (b, l, d), state (b, d, k - 1) the k - 1 inputs before x, weight (k, d) with each tap's
-    weights contiguous (a strided tap makes every pass several times slower), bias (d,) or None
-    -> silu(conv) (b, l, d), the last k - 1 inputs (b, d, k - 1), a copy (it does not keep x alive).
-    """
+    """x (b, l, d), state (b, d, k - 1) the k - 1 inputs before x, conv a depthwise nn.Conv1d
+    (weight (d, 1, k)) -> silu(conv) (b, l, d), the last k - 1 inputs (b, d, k - 1), a copy (it
+    does not keep x alive)."""
+    weight = conv.weight[:, 0].t().contiguous()  # (k, d): a strided tap slows every pass
+    bias = conv.bias
     l, k = x.shape[1], weight.shape[0]
     before = state.transpose(1, 2)  # (b, k - 1, d)
     out = x.new_empty(x.shape)

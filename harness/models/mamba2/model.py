@@ -114,8 +114,7 @@ class Mixer(nn.Module):
         b, l, _ = u.shape
         u = u.to(self.in_proj.weight.dtype)
         z, xBC, dt = self.project_in(u)
-        taps = self.conv1d.weight[:, 0].t().contiguous()  # (d_conv, conv_dim)
-        xBC, conv_state = causal_conv(xBC, state.conv, taps, self.conv1d.bias)
+        xBC, conv_state = causal_conv(xBC, state.conv, self.conv1d)
         x, B, C = xBC.float().split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
         inputs = ScanInputs(
             x=x.reshape(b, l, c.nheads, c.headdim),
