@@ -44,7 +44,7 @@ def test_causal_conv_matches_conv1d_and_carries_its_inputs(
     x = torch.randn(b, length, d, generator=g)
     weight = torch.randn(k, d, generator=g)
     bias = torch.randn(d, generator=g) if with_bias else None
-    out, state = causal_conv(x, before.transpose(1, 2), depthwise(weight, bias))
+    (out,), state = causal_conv(x, before.transpose(1, 2), depthwise(weight, bias))
     whole = torch.cat([before, x], dim=1)
     assert torch.allclose(out, reference(whole, weight, bias), atol=1e-6)
     assert torch.equal(state, whole[:, whole.shape[1] - k + 1 :].transpose(1, 2))
@@ -55,11 +55,24 @@ def test_causal_conv_in_pieces_equals_one_pass_and_is_differentiable() -> None:
     x = torch.randn(1, 600, 5, generator=g, requires_grad=True)
     weight, bias = torch.randn(4, 5, generator=g), torch.randn(5, generator=g)
     state, conv = torch.zeros(1, 5, 3), depthwise(weight, bias)
-    whole, _ = causal_conv(x, state, conv)
-    first, state = causal_conv(x[:, :257], state, conv)
-    second, _ = causal_conv(x[:, 257:], state, conv)
+    (whole,), _ = causal_conv(x, state, conv)
+    (first,), state = causal_conv(x[:, :257], state, conv)
+    (second,), _ = causal_conv(x[:, 257:], state, conv)
     assert torch.equal(torch.cat([first, second], dim=1), whole)
     (grad,) = torch.autograd.grad(whole.square().sum(), x)
     padded = torch.cat([torch.zeros(1, 3, 5), x], dim=1)
     (expected,) = torch.autograd.grad(reference(padded, weight, bias).square().sum(), x)
     assert torch.allclose(grad, expected, atol=1e-5)
+
+
+def test_causal_conv_sections_are_the_channels_of_one_pass_each_contiguous() -> None:
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(1, 300, 9, generator=g)[..., :7]  # a strided input, as a projection's slice
+    conv = depthwise(torch.randn(4, 7, generator=g), torch.randn(7, generator=g))
+    state = torch.randn(1, 7, 3, generator=g)
+    (whole,), end = causal_conv(rows, state, conv)
+    sections, split_end = causal_conv(rows, state, conv, [4, 1, 2])
+    assert [s.shape[-1] for s in sections] == [4, 1, 2]
+    assert all(s.is_contiguous() for s in sections)
+    assert torch.equal(torch.cat(sections, dim=-1), whole)
+    assert torch.equal(split_end, end)

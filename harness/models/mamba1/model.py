@@ -85,7 +85,7 @@ class Mixer(nn.Module):
         """u (b, l, d_model) -> out (b, l, d_model), new conv state, what the scan carries."""
         c = self.config
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d) each
-        x, conv = causal_conv(x, conv, self.conv1d)
+        (x,), conv = causal_conv(x, conv, self.conv1d)
         x = x.float()
         r, B, C = self.x_proj(x.to(u.dtype)).float().split([c.rank, c.d_state, c.d_state], -1)
         dt = F.softplus(F.linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))

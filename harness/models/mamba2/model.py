@@ -114,8 +114,9 @@ class Mixer(nn.Module):
         b, l, _ = u.shape
         u = u.to(self.in_proj.weight.dtype)
         z, xBC, dt = self.project_in(u)
-        xBC, conv_state = causal_conv(xBC, state.conv, self.conv1d)
-        x, B, C = xBC.float().split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
+        gn = c.ngroups * c.d_state
+        (x, B, C), conv_state = causal_conv(xBC, state.conv, self.conv1d, [c.d_inner, gn, gn])
+        x, B, C = x.float(), B.float(), C.float()
         inputs = ScanInputs(
             x=x.reshape(b, l, c.nheads, c.headdim),
             dt=F.softplus(dt.float() + self.dt_bias.float()),  # (b, l, h)

@@ -85,9 +85,8 @@ def ssd_scan(
     strong = _chunk_heads(last[:, :, 0] < 2 * NEGLIGIBLE)  # (i, k, j) -> heads, direct form
     halved = _chunk_heads(middle[:, :, 0])  # (i, k, j) -> heads factored about the middle
 
-    padded = (0, 0, 0, 0, 0, c * L - l)
-    C_c = F.pad(C, padded).view(b, c, L, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, L, n)
-    B_c = F.pad(B, padded).view(b, c, L, g, n).permute(0, 3, 1, 4, 2)  # (b, g, c, n, L)
+    C_c = _pad_tokens(C, c * L).view(b, c, L, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, L, n)
+    B_c = _pad_tokens(B, c * L).view(b, c, L, g, n).permute(0, 3, 1, 4, 2)  # (b, g, c, n, L)
     scores = (C_c @ B_c).tril_()  # (b, g, c, L, L): C_t . B_s for s <= t, else 0
 
     if initial_state is None:
@@ -128,6 +127,13 @@ def ssd_scan(
             if heads:
                 y_k.view(T, r, p)[:, heads] = direct
     return y.view(b, l, h, p), state.transpose(-1, -2).reshape(b, h, p, n)
+
+
+def _pad_tokens(t: torch.Tensor, length: int) -> torch.Tensor:
+    """t (b, l, ...) -> (b, length, ...), zeros after its l tokens; t itself, not a copy, when
+    l == length."""
+    extra = length - t.shape[1]
+    return t if extra == 0 else F.pad(t, (0, 0) * (t.dim() - 2) + (0, extra))
 
 
 def _chunk_heads(mask: torch.Tensor) -> dict[tuple[int, int, int], list[int]]:
