@@ -72,12 +72,11 @@ def ssd_scan(
     g, n = B.shape[-2:]
     r, L = h // g, chunk_size
     c = -(-l // L)  # chunks; the last one padded with tokens of decay 1 that insert nothing
-    pad = (0, 0, 0, c * L - l)
-    cum = F.pad(dt * A, pad).view(b, c, L, g, r).cumsum(2)  # cum_t within each chunk
+    cum = _pad_tokens(dt * A, c * L).view(b, c, L, g, r).cumsum(2)  # cum_t within each chunk
     last = cum[:, :, -1:]  # (b, c, 1, g, r): cum_L
     middle = (last >= 2 * NEGLIGIBLE) & (last < NEGLIGIBLE)  # heads factored about m = cum_L / 2
     m = torch.where(middle, last / 2, last)  # the direct form's heads: cum_L, as for the state
-    to_m = F.pad(dt, pad).view(b, c, L, g, r) * _exp(m - cum)  # exp(m - cum_s) dt_s
+    to_m = _pad_tokens(dt, c * L).view(b, c, L, g, r) * _exp(m - cum)  # exp(m - cum_s) dt_s
     # exp(cum_t - m), clamped where a head forgets past 2 NEGLIGIBLE (the direct form's then)
     from_m = torch.exp((cum - m).clamp_(max=-NEGLIGIBLE))
     kept = _exp(m)[..., None].expand(b, c, 1, g, r, p).reshape(b, c, 1, g, r * p)
@@ -237,7 +236,7 @@ def _chunks(
 
     # states entering chunk k (k = 0..c, c: the final state) from h0 and the chunks before:
     # entering_k = sum_j exp(total_{j+1} + ... + total_k) own_j, own_{-1} = h0, total_0 = 0
-    totals = torch.nn.functional.pad(cum[:, :, -1].permute(0, 2, 3, 1), (1, 0))  # (b,g,r,c+1)
+    totals = F.pad(cum[:, :, -1].permute(0, 2, 3, 1), (1, 0))  # (b,g,r,c+1)
     carried = _exp(_segment_sums(totals))  # (b, g, r, c + 1, c + 1)
     own = torch.cat([h0.reshape(b, g, r, 1, p * n), own.transpose(2, 3)], dim=3)
     entering = carried @ own  # (b, g, r, c + 1, p n)
