@@ -25,9 +25,11 @@ The machine's load average is printed beside every figure: on a shared machine i
 from __future__ import annotations
 
 import argparse
+import atexit
 import heapq
 import json
 import os
+import shutil
 import tempfile
 import time
 from datetime import datetime
@@ -56,6 +58,7 @@ def load() -> str:
 def timed_run(args: list[str]) -> tuple[float, dict, Path]:
     """Wall seconds of one `harness run` into a fresh folder, its run manifest, the folder."""
     out = Path(tempfile.mkdtemp(prefix="bench-executors-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # read until the bench ends
     started = time.perf_counter()
     code = main(["run", *args, "--out", str(out)])
     wall = time.perf_counter() - started

@@ -122,15 +122,17 @@ def main() -> None:
 
     model = build(args)
     ids = torch.randint(0, NEOX_VOCAB, (1, args.length), generator=torch.Generator().manual_seed(0))
-    scale_file = Path(tempfile.mkdtemp()) / "scales.json"  # as `harness calibrate` writes it
-    scale_file.write_text(
-        json.dumps({"scales": [0.5 + i / args.n_layer for i in range(args.n_layer)]})
-    )
     specs = [f"window:r={args.window}" if spec == "window" else spec for spec in SPECS]
-    specs.append(f"dt-scale:file={scale_file}")
+    with tempfile.TemporaryDirectory() as work:  # the scales file is read when parsed
+        scale_file = Path(work) / "scales.json"  # as `harness calibrate` writes it
+        scale_file.write_text(
+            json.dumps({"scales": [0.5 + i / args.n_layer for i in range(args.n_layer)]})
+        )
+        specs.append(f"dt-scale:file={scale_file}")
+        mitigations = {spec: parse_mitigation(spec) for spec in specs}
     hooks = {}
     for spec in specs:  # calibration (state-norm) happens here, outside the timing
-        hooks[spec] = parse_mitigation(spec).hooks(model)
+        hooks[spec] = mitigations[spec].hooks(model)
     best = dict.fromkeys(specs, (float("inf"), 0.0))  # (forward, in hooks) CPU seconds
     for round_ in range(args.repeats):  # each round in a rotated order
         for spec in specs[round_ % len(specs) :] + specs[: round_ % len(specs)]:

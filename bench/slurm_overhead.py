@@ -22,8 +22,10 @@ average is printed beside every figure: on a shared machine it matters.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,7 @@ def load() -> str:
 def timed_run(args: list[str]) -> tuple[float, dict, Path]:
     """Wall seconds of one `harness run` into a fresh folder, its run manifest, the folder."""
     out = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # read until the bench ends
     started = time.perf_counter()
     code = main(["run", *args, "--out", str(out)])
     wall = time.perf_counter() - started

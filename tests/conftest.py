@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+atexit.register(shutil.rmtree, os.environ["HARNESS_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
