@@ -15,8 +15,9 @@ ratios. Time is the thread's CPU time with one torch thread: on a machine other 
 wall time measures the scheduler, CPU time the work ("wall / CPU" shows the load). The floor
 is the shape's FLOPs per token (the projections and the scan's products at chunk 64; the conv,
 the gates and the norms count nothing) over the rate of the in_proj matmul of a 2048-token piece
-((2048 x 768) @ (768 x 3352) at 130m), timed in the same process before and after every pass,
-the best kept; "of floor" is the fraction of it that ours reaches. transformers runs at lengths
+((2048 x 768) @ (768 x 3352) at 130m), run back to back for two CPU seconds in the same process
+before and after every pass, the best kept; "of floor" is the fraction of it that ours reaches
+(a forward of nothing but such matmuls reads 1.0). transformers runs at lengths
 up to --max-transformers only (beyond, its CPU path takes many minutes and GiBs).
 The process's allocator keeps freed memory for reuse (harness.models.allocator), as a harness
 run on CPU does, for both engines.
@@ -49,6 +50,7 @@ SHAPES = {  # name -> Mamba2Config fields
 ENGINES = ("ours", "transformers")
 WARMUP_TOKENS = 256
 FLOOR_PIECE = 2048  # tokens of the matmul that sets the floor (the engine's CPU piece)
+FLOOR_SECONDS = 2.0  # CPU seconds of back-to-back matmuls per sample of the floor's rate
 
 
 def save_weights(shape: str, directory: Path) -> None:
@@ -89,17 +91,20 @@ def flops_per_token(shape: str, chunk: int = 64) -> float:
 
 
 def matmul_rate(shape: str) -> float:
-    """FLOP per CPU second of the in_proj matmul of a FLOOR_PIECE-token piece, best of 3."""
+    """FLOP per CPU second of the in_proj matmul of a FLOOR_PIECE-token piece, run back to back
+    for FLOOR_SECONDS: the rate a forward's seconds of products can sustain. (The best of a few
+    single 0.1 s matmuls catches bursts that no forward sustains: a 9 s "forward" of nothing but
+    this matmul, timed as ours is, read 0.984-0.993 of a floor taken from them, 0.991-1.001 of
+    this one.)"""
     from harness.models.mamba2 import Mamba2Config
 
     c = Mamba2Config(**SHAPES[shape])
     a, w = torch.randn(FLOOR_PIECE, c.d_model), torch.randn(c.d_model, c.d_in_proj)
-    best = float("inf")
-    for _ in range(3):
-        start = time.thread_time()
+    count, start = 0, time.thread_time()
+    while (spent := time.thread_time() - start) < FLOOR_SECONDS:
         a @ w
-        best = min(best, time.thread_time() - start)
-    return 2 * FLOOR_PIECE * c.d_model * c.d_in_proj / best
+        count += 1
+    return 2 * FLOOR_PIECE * c.d_model * c.d_in_proj * count / spent
 
 
 def timed(run: Callable, ids: torch.Tensor) -> dict[str, float]:
