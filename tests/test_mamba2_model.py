@@ -288,5 +288,9 @@ def test_long_calls_go_through_in_pieces_exactly(model: Mamba2) -> None:
     assert (full - split).abs().max() < 1e-5
     for a, b in zip(state.ssm, split_state.ssm, strict=True):
         assert (a - b).abs().max() < 1e-5
+    heads = []  # the vocabulary head reads the last token alone, once, not every piece's
+    hook = model.lm_head.register_forward_hook(lambda _, inputs, out: heads.append(out.shape))
     last, _ = model(ids, last_only=True)
+    hook.remove()
+    assert heads == [(1, 1, 112)]
     assert last.shape == (1, 1, 112) and (last[:, 0] - full[:, -1]).abs().max() < 1e-5

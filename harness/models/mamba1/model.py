@@ -169,13 +169,13 @@ class Mamba1(nn.Module):
         memory, and on CPU tensors the allocator reuses instead of fresh pages."""
         if state is None:
             state = self.init_state(ids.shape[0])
-        piece = partial(self._forward, hooks=hooks, last_only=last_only)
-        return in_pieces(piece, ids, state, self.config.padded_vocab_size, last_only)
+        layers = partial(self._layers, hooks=hooks)
+        return in_pieces(layers, self._head, ids, state, last_only)
 
-    def _forward(
-        self, ids: torch.Tensor, state: Mamba1State, hooks: Hooks | None, last_only: bool
+    def _layers(
+        self, ids: torch.Tensor, state: Mamba1State, hooks: Hooks | None
     ) -> tuple[torch.Tensor, Mamba1State]:
-        """forward for one piece."""
+        """One piece through the layers -> the residual stream (b, l, d_model), the state."""
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
         partials = state.partial or [None] * len(self.layers)
         conv, scans = [], []
@@ -184,10 +184,9 @@ class Mamba1(nn.Module):
             u, c, carried = block(u, state.conv[i], carried, state.position, hooks)
             conv.append(c)
             scans.append(carried)
-        if last_only:
-            u = u[:, -1:]
-        logits = self.lm_head(self.norm_f(u)).float()
         partial = [s.partial for s in scans] if any(s.partial is not None for s in scans) else None
-        return logits, Mamba1State(
-            conv, [s.ssm for s in scans], state.position + ids.shape[1], partial
-        )
+        return u, Mamba1State(conv, [s.ssm for s in scans], state.position + ids.shape[1], partial)
+
+    def _head(self, u: torch.Tensor) -> torch.Tensor:
+        """u (b, l, d_model) -> logits (b, l, padded vocab) float32."""
+        return self.lm_head(self.norm_f(u)).float()

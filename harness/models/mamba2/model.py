@@ -229,18 +229,13 @@ class Mamba2(nn.Module):
         A long call goes through the layers in pieces (recurrence.in_pieces)."""
         if state is None:
             state = self.init_state(ids.shape[0])
-        piece = partial(self._forward, hooks=hooks, backend=backend, last_only=last_only)
-        return in_pieces(piece, ids, state, self.config.padded_vocab_size, last_only)
+        layers = partial(self._layers, hooks=hooks, backend=backend)
+        return in_pieces(layers, self._head, ids, state, last_only)
 
-    def _forward(
-        self,
-        ids: torch.Tensor,
-        state: Mamba2State,
-        hooks: Hooks | None,
-        backend: str,
-        last_only: bool,
+    def _layers(
+        self, ids: torch.Tensor, state: Mamba2State, hooks: Hooks | None, backend: str
     ) -> tuple[torch.Tensor, Mamba2State]:
-        """forward for one piece."""
+        """One piece through the layers -> the residual stream (b, l, d_model), the state."""
         u = self.embedding(ids).float()  # residual stream (b, l, d_model)
         partials = state.partial or [None] * len(self.layers)
         layers = []
@@ -248,10 +243,7 @@ class Mamba2(nn.Module):
             layer = LayerState(state.conv[i], Carried(state.ssm[i], partials[i]))
             u, layer = block(u, layer, state.position, hooks, backend)
             layers.append(layer)
-        if last_only:
-            u = u[:, -1:]
-        logits = self.lm_head(self.norm_f(u).to(self.lm_head.weight.dtype)).float()
-        return logits, Mamba2State(
+        return u, Mamba2State(
             conv=[layer.conv for layer in layers],
             ssm=[layer.scan.ssm for layer in layers],
             position=state.position + ids.shape[1],
@@ -259,3 +251,7 @@ class Mamba2(nn.Module):
             if any(layer.scan.partial is not None for layer in layers)
             else None,
         )
+
+    def _head(self, u: torch.Tensor) -> torch.Tensor:
+        """u (b, l, d_model) -> logits (b, l, padded vocab) float32."""
+        return self.lm_head(self.norm_f(u).to(self.lm_head.weight.dtype)).float()

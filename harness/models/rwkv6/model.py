@@ -242,13 +242,13 @@ class Rwkv6(nn.Module):
         with the state carried (exact), as Mamba-2 does."""
         if state is None:
             state = self.init_state(ids.shape[0])
-        piece = partial(self._forward, hooks=hooks, last_only=last_only)
-        return in_pieces(piece, ids, state, self.config.vocab_size, last_only)
+        layers = partial(self._layers, hooks=hooks)
+        return in_pieces(layers, self._head, ids, state, last_only)
 
-    def _forward(
-        self, ids: torch.Tensor, state: Rwkv6State, hooks: Hooks | None, last_only: bool
+    def _layers(
+        self, ids: torch.Tensor, state: Rwkv6State, hooks: Hooks | None
     ) -> tuple[torch.Tensor, Rwkv6State]:
-        """forward for one piece."""
+        """One piece through the layers -> the residual stream (b, l, C), the state."""
         x = self.ln0(self.emb(ids)).float()  # residual stream (b, l, C)
         partials = state.partial or [None] * len(self.blocks)
         att, ffn, scans = [], [], []
@@ -260,9 +260,10 @@ class Rwkv6(nn.Module):
             att.append(a)
             ffn.append(f)
             scans.append(carried)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.head(self.ln_out(x.to(self.head.weight.dtype))).float()
         partial = [s.partial for s in scans] if any(s.partial is not None for s in scans) else None
         position = state.position + ids.shape[1]
-        return logits, Rwkv6State(att, ffn, [s.ssm for s in scans], position, partial)
+        return x, Rwkv6State(att, ffn, [s.ssm for s in scans], position, partial)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b, l, C) -> logits (b, l, vocab) float32."""
+        return self.head(self.ln_out(x.to(self.head.weight.dtype))).float()
