@@ -15,10 +15,11 @@ ratios. Time is the thread's CPU time with one torch thread: on a machine other 
 wall time measures the scheduler, CPU time the work ("wall / CPU" shows the load). The floor
 is the shape's FLOPs per token (the projections and the scan's products at chunk 64; the conv,
 the gates and the norms count nothing) over the rate of the in_proj matmul of a 2048-token piece
-((2048 x 768) @ (768 x 3352) at 130m), run back to back for two CPU seconds in the same process
-before and after every pass, the best kept; "of floor" is the fraction of it that ours reaches
-(a forward of nothing but such matmuls reads 1.0). transformers runs at lengths
-up to --max-transformers only (beyond, its CPU path takes many minutes and GiBs).
+((2048 x 768) @ (768 x 3352) at 130m) by the fastest of torch's float32 CPU matmuls (MKL's,
+oneDNN's, oneDNN's on a prepacked weight), each run back to back for two CPU seconds in the same
+process before and after every pass, the best kept; "of floor" is the fraction of it that ours
+reaches (a forward of nothing but such matmuls reads 1.0). transformers runs at lengths up to
+--max-transformers only (beyond, its CPU path takes many minutes and GiBs).
 The process's allocator keeps freed memory for reuse (harness.models.allocator), as a harness
 run on CPU does, for both engines.
 
@@ -90,21 +91,35 @@ def flops_per_token(shape: str, chunk: int = 64) -> float:
     return c.n_layer * (projections + scan)
 
 
-def matmul_rate(shape: str) -> float:
-    """FLOP per CPU second of the in_proj matmul of a FLOOR_PIECE-token piece, run back to back
-    for FLOOR_SECONDS: the rate a forward's seconds of products can sustain. (The best of a few
-    single 0.1 s matmuls catches bursts that no forward sustains: a 9 s "forward" of nothing but
-    this matmul, timed as ours is, read 0.984-0.993 of a floor taken from them, 0.991-1.001 of
-    this one.)"""
+def matmul_rates(shape: str) -> dict[str, float]:
+    """FLOP per CPU second of the in_proj matmul of a FLOOR_PIECE-token piece by each of torch's
+    float32 CPU matmuls, each run back to back for FLOOR_SECONDS: the rate a forward's seconds
+    of products can sustain. (The best of a few single 0.1 s matmuls catches bursts that no
+    forward sustains: a 9 s "forward" of nothing but MKL's matmul, timed as ours is, read
+    0.984-0.993 of a floor taken from them, 0.991-1.001 of a floor taken from bursts.)
+
+    "mkl": torch's own (`a @ w`, MKL's sgemm); "onednn": oneDNN's, as harness.models.linear
+    calls it; "onednn-packed": oneDNN's on a weight reordered once into its blocked layout (not
+    used by ours: it would hold a second copy of every projection weight)."""
     from harness.models.mamba2 import Mamba2Config
 
     c = Mamba2Config(**SHAPES[shape])
-    a, w = torch.randn(FLOOR_PIECE, c.d_model), torch.randn(c.d_model, c.d_in_proj)
-    count, start = 0, time.thread_time()
-    while (spent := time.thread_time() - start) < FLOOR_SECONDS:
-        a @ w
-        count += 1
-    return 2 * FLOOR_PIECE * c.d_model * c.d_in_proj * count / spent
+    a, w = torch.randn(FLOOR_PIECE, c.d_model), torch.randn(c.d_in_proj, c.d_model)
+    dense = torch.ops.mkldnn._linear_pointwise
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, FLOOR_PIECE)
+    kinds: dict[str, Callable[[], torch.Tensor]] = {
+        "mkl": lambda: a @ w.T,
+        "onednn": lambda: dense(a, w, None, "none", [], ""),
+        "onednn-packed": lambda: dense(a, packed, None, "none", [], ""),
+    }
+    rates = {}
+    for kind, product in kinds.items():
+        count, start = 0, time.thread_time()
+        while (spent := time.thread_time() - start) < FLOOR_SECONDS:
+            product()
+            count += 1
+        rates[kind] = 2 * FLOOR_PIECE * c.d_model * c.d_in_proj * count / spent
+    return rates
 
 
 def timed(run: Callable, ids: torch.Tensor) -> dict[str, float]:
@@ -136,23 +151,30 @@ def speed(args: argparse.Namespace, work: Path) -> list[dict]:
             for engine in present:
                 engines[engine][0](ids[:, :WARMUP_TOKENS])
             runs: dict[str, list[dict[str, float]]] = {e: [] for e in present}
-            rates = [matmul_rate(shape)]
+            samples = [matmul_rates(shape)]
             for round_ in range(args.rounds):
                 for engine in present if round_ % 2 == 0 else present[::-1]:
                     runs[engine].append(timed(engines[engine][0], ids))
-                    rates.append(matmul_rate(shape))
-            figures.append(summary(shape, length, runs, max(rates) / flops))
+                    samples.append(matmul_rates(shape))
+            rates = {kind: max(s[kind] for s in samples) for kind in samples[0]}
+            figures.append(summary(shape, length, runs, rates, flops))
             print(row(figures[-1]), flush=True)
+            print(
+                "  floor from the fastest matmul, GFLOP/s: "
+                + ", ".join(f"{kind} {rate / 1e9:.1f}" for kind, rate in rates.items())
+            )
     return figures
 
 
-def summary(shape: str, length: int, runs: dict, floor: float) -> dict:
+def summary(shape: str, length: int, runs: dict, rates: dict, flops: float) -> dict:
     ours = runs["ours"]
+    floor = max(rates.values()) / flops
     figure = {
         "shape": shape,
         "tokens": length,
         "ours_tokens_per_s": length / min(r["cpu"] for r in ours),
         "floor_tokens_per_s": floor,
+        "matmul_flops_per_s": rates,
         "faults_per_forward": statistics.median(r["faults"] for r in ours),
         "wall_over_cpu": statistics.median(r["wall"] / r["cpu"] for r in ours),
     }

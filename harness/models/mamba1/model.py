@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.causal_conv import causal_conv
+from harness.models.linear import Linear
 from harness.models.mamba1.config import Mamba1Config
 from harness.models.mamba2.model import RMSNorm
 from harness.models.recurrence import (
@@ -71,13 +72,13 @@ class Mixer(nn.Module):
         c, d = config, config.d_inner
         self.config = config
         self.layer = layer
-        self.in_proj = nn.Linear(c.d_model, 2 * d, bias=c.bias)
+        self.in_proj = Linear(c.d_model, 2 * d, bias=c.bias)
         self.conv1d = nn.Conv1d(d, d, c.d_conv, groups=d, bias=c.conv_bias)  # (d, 1, d_conv)
-        self.x_proj = nn.Linear(d, c.rank + 2 * c.d_state, bias=False)
-        self.dt_proj = nn.Linear(c.rank, d, bias=True)
+        self.x_proj = Linear(d, c.rank + 2 * c.d_state, bias=False)
+        self.dt_proj = Linear(c.rank, d, bias=True)
         self.A_log = nn.Parameter(torch.empty(d, c.d_state))
         self.D = nn.Parameter(torch.empty(d))
-        self.out_proj = nn.Linear(d, c.d_model, bias=c.bias)
+        self.out_proj = Linear(d, c.d_model, bias=c.bias)
 
     def forward(
         self, u: torch.Tensor, conv: torch.Tensor, carried: Carried, start: int, hooks: Hooks | None
@@ -124,7 +125,7 @@ class Mamba1(nn.Module):
         self.embedding = nn.Embedding(V, d)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(d, config.norm_eps)
-        self.lm_head = nn.Linear(d, V, bias=False)
+        self.lm_head = Linear(d, V, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         self.reset_parameters()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.causal_conv import causal_conv
+from harness.models.linear import Linear, linear
 from harness.models.mamba2.config import Mamba2Config
 from harness.models.mamba2.ssd import scan
 from harness.models.recurrence import Carried, Hooks, Partial, ScanInputs, in_pieces, run_scan
@@ -96,7 +97,7 @@ class Mixer(nn.Module):
         self.config = config
         self.layer = layer
         c = config
-        self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=c.bias)
+        self.in_proj = Linear(c.d_model, c.d_in_proj, bias=c.bias)
         self.conv1d = nn.Conv1d(
             c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim, bias=c.conv_bias
         )  # depthwise, weight (conv_dim, 1, d_conv)
@@ -104,7 +105,7 @@ class Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(c.nheads))
         self.D = nn.Parameter(torch.empty(c.nheads))
         self.norm = GatedRMSNorm(c.d_inner, c.d_inner // c.ngroups, c.norm_eps)
-        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
+        self.out_proj = Linear(c.d_inner, c.d_model, bias=c.bias)
 
     def forward(
         self, u: torch.Tensor, state: LayerState, start: int, hooks: Hooks | None, backend: str
@@ -136,8 +137,8 @@ class Mixer(nn.Module):
         two products, so that z comes out contiguous (the gate's passes over a strided slice of
         the whole projection are twice as slow); the same sums as one product."""
         c, w, bias = self.config, self.in_proj.weight, self.in_proj.bias
-        z = F.linear(u, w[: c.d_inner], None if bias is None else bias[: c.d_inner])
-        rest = F.linear(u, w[c.d_inner :], None if bias is None else bias[c.d_inner :])
+        z = linear(u, w[: c.d_inner], None if bias is None else bias[: c.d_inner])
+        rest = linear(u, w[c.d_inner :], None if bias is None else bias[c.d_inner :])
         return z, *rest.split([c.conv_dim, c.nheads], dim=-1)
 
 
@@ -169,7 +170,7 @@ class Mamba2(nn.Module):
         self.embedding = nn.Embedding(V, d)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(d, config.norm_eps)
-        self.lm_head = nn.Linear(d, V, bias=False)
+        self.lm_head = Linear(d, V, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         self.reset_parameters()

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models.linear import Linear
 from harness.models.recurrence import (
     Carried,
     Hooks,
@@ -115,11 +116,11 @@ class TimeMix(nn.Module):
         self.time_decay_w1 = nn.Parameter(torch.zeros(C, c.d_decay))
         self.time_decay_w2 = nn.Parameter(torch.zeros(c.d_decay, C))
         self.time_faaaa = nn.Parameter(torch.zeros(c.n_head, c.head_size))  # u
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.gate = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
+        self.receptance = Linear(C, C, bias=False)
+        self.key = Linear(C, C, bias=False)
+        self.value = Linear(C, C, bias=False)
+        self.gate = Linear(C, C, bias=False)
+        self.output = Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(c.n_head, C, eps=GROUP_NORM_EPS)
 
     def forward(
@@ -166,9 +167,9 @@ class ChannelMix(nn.Module):
         C = c.d_model
         self.time_maa_k = nn.Parameter(torch.zeros(C))
         self.time_maa_r = nn.Parameter(torch.zeros(C))
-        self.key = nn.Linear(C, c.ffn, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(c.ffn, C, bias=False)
+        self.key = Linear(C, c.ffn, bias=False)
+        self.receptance = Linear(C, C, bias=False)
+        self.value = Linear(c.ffn, C, bias=False)
 
     def forward(self, xx: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """xx = ln2(x) (b, l, C), prev (b, C) -> out (b, l, C)."""
@@ -212,7 +213,7 @@ class Rwkv6(nn.Module):
         self.ln0 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head = Linear(config.d_model, config.vocab_size, bias=False)
 
     scan = staticmethod(exclusive_scan)  # the recurrence core's scan, read before each token
 
