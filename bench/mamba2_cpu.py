@@ -100,18 +100,19 @@ def matmul_rates(shape: str) -> dict[str, float]:
 
     "mkl": torch's own (`a @ w`, MKL's sgemm); "onednn": oneDNN's, as harness.models.linear
     calls it; "onednn-packed": oneDNN's on a weight reordered once into its blocked layout (not
-    used by ours: it would hold a second copy of every projection weight)."""
+    used by ours: it would hold a second copy of every projection weight); the last two only in
+    a torch built with oneDNN."""
+    from harness.models.linear import ONEDNN
     from harness.models.mamba2 import Mamba2Config
 
     c = Mamba2Config(**SHAPES[shape])
     a, w = torch.randn(FLOOR_PIECE, c.d_model), torch.randn(c.d_in_proj, c.d_model)
-    dense = torch.ops.mkldnn._linear_pointwise
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, FLOOR_PIECE)
-    kinds: dict[str, Callable[[], torch.Tensor]] = {
-        "mkl": lambda: a @ w.T,
-        "onednn": lambda: dense(a, w, None, "none", [], ""),
-        "onednn-packed": lambda: dense(a, packed, None, "none", [], ""),
-    }
+    kinds: dict[str, Callable[[], torch.Tensor]] = {"mkl": lambda: a @ w.T}
+    if ONEDNN:
+        dense = torch.ops.mkldnn._linear_pointwise
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, FLOOR_PIECE)
+        kinds["onednn"] = lambda: dense(a, w, None, "none", [], "")
+        kinds["onednn-packed"] = lambda: dense(a, packed, None, "none", [], "")
     rates = {}
     for kind, product in kinds.items():
         count, start = 0, time.thread_time()

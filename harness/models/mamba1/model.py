@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.models.causal_conv import causal_conv
-from harness.models.linear import Linear
+from harness.models.linear import Linear, linear
 from harness.models.mamba1.config import Mamba1Config
 from harness.models.mamba2.model import RMSNorm
 from harness.models.recurrence import (
@@ -89,7 +89,7 @@ class Mixer(nn.Module):
         (x,), conv = causal_conv(x, conv, self.conv1d)
         x = x.float()
         r, B, C = self.x_proj(x.to(u.dtype)).float().split([c.rank, c.d_state, c.d_state], -1)
-        dt = F.softplus(F.linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))
+        dt = F.softplus(linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))
         inputs = ScanInputs(  # one head per channel (p = 1), B and C shared (g = 1)
             x=x[..., None],  # (b, l, d, 1)
             dt=dt,  # (b, l, d)
