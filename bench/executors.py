@@ -25,18 +25,15 @@ The machine's load average is printed beside every figure: on a shared machine i
 from __future__ import annotations
 
 import argparse
-import atexit
 import heapq
 import json
 import os
-import shutil
-import tempfile
 import time
 from datetime import datetime
 from itertools import pairwise
-from pathlib import Path
 
-from harness.cli import main
+from harness_runs import load, timed_run
+
 from harness.executors.packing import pack, unit_cost
 from harness.plan import Unit, build_plan, parse_mitigation, parse_models, parse_tasks
 from tasks.base import TaskOptions
@@ -49,23 +46,6 @@ GRID_MITIGATIONS = "none,rri,dt-scale,a-scale,state-norm,window"
 GRID_LENGTHS = tuple(1024 * 2**k for k in range(11))  # 1K .. 1M
 GRID_TASKS = "passkey,perplexity,state-stats"  # state-stats: Mamba-2 only
 GRID_SAMPLES = 10  # passkey samples per length
-
-
-def load() -> str:
-    return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-
-
-def timed_run(args: list[str]) -> tuple[float, dict, Path]:
-    """Wall seconds of one `harness run` into a fresh folder, its run manifest, the folder."""
-    out = Path(tempfile.mkdtemp(prefix="bench-executors-"))
-    atexit.register(shutil.rmtree, out, ignore_errors=True)  # read until the bench ends
-    started = time.perf_counter()
-    code = main(["run", *args, "--out", str(out)])
-    wall = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"harness run {' '.join(args)} exited {code}")
-    manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
-    return wall, manifest, out
 
 
 def local_workers() -> None:

@@ -22,34 +22,13 @@ average is printed beside every figure: on a shared machine it matters.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from harness.cli import main
-
-
-def load() -> str:
-    return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-
-
-def timed_run(args: list[str]) -> tuple[float, dict, Path]:
-    """Wall seconds of one `harness run` into a fresh folder, its run manifest, the folder."""
-    out = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
-    atexit.register(shutil.rmtree, out, ignore_errors=True)  # read until the bench ends
-    started = time.perf_counter()
-    code = main(["run", *args, "--out", str(out)])
-    wall = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"harness run {' '.join(args)} exited {code}")
-    manifest = json.loads(next((out / "runs").glob("*.json")).read_text())
-    return wall, manifest, out
+from harness_runs import load, timed_run
 
 
 def seconds(command: list[str], repeat: int = 3) -> float:
