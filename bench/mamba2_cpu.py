@@ -64,9 +64,10 @@ def save_weights(shape: str, directory: Path) -> None:
 def load_engine(engine: str, weights: Path, last_only: bool) -> tuple[Callable, int]:
     """-> a function ids (1, l) -> float32 logits, and the vocabulary size of its ids."""
     if engine == "ours":
+        from harness.models.linear import pack
         from harness.models.mamba2 import load_mamba2
 
-        model = load_mamba2(weights).eval()
+        model = pack(load_mamba2(weights).eval())  # as the harness evaluates it
         return (
             lambda ids: model(ids, backend="torch", last_only=last_only)[0]
         ), model.config.padded_vocab_size
@@ -102,8 +103,8 @@ def matmul_rates(shape: str) -> dict[str, float]:
     calls it; "onednn-packed": oneDNN's on a weight reordered once into its blocked layout (not
     used by ours: it would hold a second copy of every projection weight); the last two only in
     a torch built with oneDNN."""
-    from harness.models.linear import ONEDNN
     from harness.models.mamba2 import Mamba2Config
+    from harness.models.onednn import ONEDNN
 
     c = Mamba2Config(**SHAPES[shape])
     a, w = torch.randn(FLOOR_PIECE, c.d_model), torch.randn(c.d_in_proj, c.d_model)

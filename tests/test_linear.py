@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.linear import ONEDNN, Linear, linear
+from harness.models.linear import Linear, linear
+from harness.models.onednn import ONEDNN
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 96), (2, 37, 96), (3, 96)])
@@ -59,6 +60,7 @@ def test_float32_inference_takes_onednn_and_the_rest_f_linear() -> None:
         assert onednn_calls(lambda: layer(x)) == 1
         assert onednn_calls(lambda: layer.bfloat16()(x.bfloat16())) == 0
         assert onednn_calls(lambda: linear(x, torch.randn(8, 16), torch.tensor(1.0))) == 0
+        assert onednn_calls(lambda: linear(x, torch.randn(16, 8).t(), None)) == 0  # column-major
     assert onednn_calls(lambda: layer.float()(x)) == 0  # grad mode on
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from harness.models.linear import pack
+
 if TYPE_CHECKING:
     from harness.models.recurrence import Hooks, Scan
     from harness.models.tokenizer import TextCodec
@@ -190,7 +192,8 @@ class RecurrentLM(LanguageModel):
     hooks: Hooks | None = None
 
     def __init__(self, module: torch.nn.Module, tokenizer: TextCodec, info: ModelInfo) -> None:
-        self.module = module.eval().requires_grad_(False)  # evaluated, never trained here
+        # evaluated, never trained here: on CPU its float32 projections in oneDNN's layout
+        self.module = pack(module.eval().requires_grad_(False))
         self.tokenizer = tokenizer
         self.info = info
         self.eos_token_id = tokenizer.eos_token_id

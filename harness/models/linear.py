@@ -1,20 +1,23 @@
 """Linear layers whose float32 inference on CPU goes through oneDNN's matmul.
 
-torch computes a float32 linear on CPU with MKL's sgemm; oneDNN's matmul is faster on the
-AVX-512 EPYC this project is measured on: one thread, the in_proj of the 130m Mamba-2 over a
-2048-token piece, 106-111 GFLOP/s against MKL's 99-103 (bench/mamba2_cpu.py times both, and
-oneDNN on a prepacked weight, for its floor). It sums in another order: the results equal
-F.linear's within float32 rounding. With grad mode on, for other dtypes and on other devices,
-F.linear.
+On the 130m Mamba-2's in_proj over a 2048-token piece, one thread (bench/mamba2_cpu.py times
+all three for its floor): MKL's sgemm (torch's F.linear) 96-103 GFLOP/s, oneDNN on the weight as
+it is 106-107, oneDNN on a weight reordered once into its blocked layout 111-113. A model
+evaluated on CPU (models.base.RecurrentLM) has its projections packed: `pack` swaps each
+`Linear` for a `PackedLinear` holding that layout instead of the dense weight (the same memory).
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN = torch.backends.mkldnn.is_available()
+from harness.models import onednn
+from harness.models.recurrence import piece_tokens
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -27,21 +30,99 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def _onednn_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether oneDNN computes this linear: float32 on the CPU, grad mode off, k > 0, a bias
-    of shape (m,) if any (oneDNN reads no broadcast bias)."""
-    tensors = [x, weight] if bias is None else [x, weight, bias]
+    """Whether oneDNN computes this linear: see onednn.computes; a contiguous weight (oneDNN's
+    matmul on a column-major one is ~100x slower than MKL's), k > 0, a bias of shape (m,) if any
+    (oneDNN reads no broadcast bias)."""
     return (
-        ONEDNN
-        and not torch.is_grad_enabled()
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        onednn.computes(x, weight, *([] if bias is None else [bias]))
         and weight.dim() == 2
+        and weight.is_contiguous()
         and x.shape[-1] == weight.shape[1] > 0
         and (bias is None or bias.shape == weight.shape[:1])
     )
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) computed by `linear`."""
+    """nn.Linear (same parameters, same state dict) computed by `linear`, whose output rows may
+    come in blocks, one product each (`split`), so that each block is contiguous."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, blocks: Sequence[int] = ()
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.blocks = list(blocks) or [out_features]  # rows per product, in order
+        assert sum(self.blocks) == out_features, f"blocks {blocks} do not sum to {out_features}"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (..., in) -> one output (..., m_i) per block of rows: the same sums as forward."""
+        biases = [None] * len(self.blocks) if self.bias is None else self.bias.split(self.blocks)
+        rows = self.weight.split(self.blocks)
+        return [linear(x, w, b) for w, b in zip(rows, biases, strict=True)]
+
+
+class PackedLinear(nn.Module):
+    """A float32 CPU `Linear` for inference whose weight is held in oneDNN's blocked layout, one
+    packed tensor per block, in place of the dense weight; state_dict writes the dense weight
+    back under its name. With grad mode on (a calibration differentiating through the model),
+    F.linear on the weight unpacked for the call."""
+
+    def __init__(self, layer: Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.blocks = (
+            layer.in_features,
+            layer.out_features,
+            layer.blocks,
+        )
+        hint = piece_tokens(torch.device("cpu"))  # the rows of the inputs it is laid out for
+        rows = layer.weight.detach().split(self.blocks)
+        self.packed = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), hint) for w in rows]
+        self.bias = layer.bias
+
+    dtype = torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert len(self.packed) == 1, "a Linear in blocks is called through split"
+        return self.split(x)[0]
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        biases = [None] * len(self.blocks) if self.bias is None else self.bias.split(self.blocks)
+        return [self._product(x, w, b) for w, b in zip(self.packed, biases, strict=True)]
+
+    def _product(
+        self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if onednn.computes(x):
+            bias = None if bias is None else bias.contiguous()
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+        return F.linear(x, packed.to_dense(), bias)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = torch.cat([w.to_dense() for w in self.packed])
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # the bias
+
+
+def pack(module: nn.Module) -> nn.Module:
+    """module with each float32 CPU `Linear` whose weight it holds once (not tied to another
+    module's) swapped for a PackedLinear, where torch has oneDNN; for inference only."""
+    if not onednn.ONEDNN:
+        return module
+    holders = Counter(id(p) for _, p in module.named_parameters(remove_duplicate=False))
+    places = [
+        (parent, name)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, Linear)
+        and holders[id(child.weight)] == 1
+        and child.weight.device.type == "cpu"
+        and child.dtype == torch.float32
+    ]  # not the layers themselves: each is freed as soon as its packed copy replaces it
+    for parent, name in places:
+        setattr(parent, name, PackedLinear(getattr(parent, name)))
+    return module

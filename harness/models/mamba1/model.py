@@ -72,10 +72,10 @@ class Mixer(nn.Module):
         c, d = config, config.d_inner
         self.config = config
         self.layer = layer
-        self.in_proj = Linear(c.d_model, 2 * d, bias=c.bias)
+        self.in_proj = Linear(c.d_model, 2 * d, bias=c.bias, blocks=[d, d])  # x, z contiguous
         self.conv1d = nn.Conv1d(d, d, c.d_conv, groups=d, bias=c.conv_bias)  # (d, 1, d_conv)
         self.x_proj = Linear(d, c.rank + 2 * c.d_state, bias=False)
-        self.dt_proj = Linear(c.rank, d, bias=True)
+        self.dt_proj = nn.Linear(c.rank, d, bias=True)  # computed in float32 whatever its dtype
         self.A_log = nn.Parameter(torch.empty(d, c.d_state))
         self.D = nn.Parameter(torch.empty(d))
         self.out_proj = Linear(d, c.d_model, bias=c.bias)
@@ -85,8 +85,8 @@ class Mixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, Carried]:
         """u (b, l, d_model) -> out (b, l, d_model), new conv state, what the scan carries."""
         c = self.config
-        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d) each
-        (x,), conv = causal_conv(x, conv, self.conv1d)
+        x, z = self.in_proj.split(u)
+        (x,), conv = causal_conv([x], conv, self.conv1d)
         x = x.float()
         r, B, C = self.x_proj(x.to(u.dtype)).float().split([c.rank, c.d_state, c.d_state], -1)
         dt = F.softplus(linear(r, self.dt_proj.weight.float(), self.dt_proj.bias.float()))

@@ -267,4 +267,4 @@ class Rwkv6(nn.Module):
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """x (b, l, C) -> logits (b, l, vocab) float32."""
-        return self.head(self.ln_out(x.to(self.head.weight.dtype))).float()
+        return self.head(self.ln_out(x.to(self.head.dtype))).float()
