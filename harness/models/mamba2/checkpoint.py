@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from harness.models.mamba2.config import ConfigError, Mamba2Config
 from harness.models.mamba2.model import Mamba2
@@ -112,11 +113,25 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if shards:
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
-            tensors.update(load_file(str(shard)))
+            tensors.update(_read_safetensors(shard))
         return tensors
     if (directory / TORCH_BIN).is_file():
         return torch.load(directory / TORCH_BIN, map_location="cpu", weights_only=True)
     raise CheckpointError(f"{directory} has no weights: neither model*.safetensors nor {TORCH_BIN}")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, each copied into memory of its own, the file mapped for one
+    tensor at a time: safetensors' load_file gives views of one mapping of the whole file, all of
+    it resident while any of them lives (the dense projections a PackedLinear replaces would stay:
+    +270 MiB peak at 130m)."""
+    with safe_open(path, framework="pt") as f:
+        names = list(f.keys())
+    tensors = {}
+    for name in names:
+        with safe_open(path, framework="pt") as f:
+            tensors[name] = f.get_tensor(name).clone()
+    return tensors
 
 
 def _module_names(tensors: dict[str, torch.Tensor], fmt: Format) -> dict[str, torch.Tensor]:
