@@ -99,10 +99,10 @@ def matmul_rates(shape: str) -> dict[str, float]:
     forward sustains: a 9 s "forward" of nothing but MKL's matmul, timed as ours is, read
     0.984-0.993 of a floor taken from them, 0.991-1.001 of a floor taken from bursts.)
 
-    "mkl": torch's own (`a @ w`, MKL's sgemm); "onednn": oneDNN's, as harness.models.linear
-    calls it; "onednn-packed": oneDNN's on a weight reordered once into its blocked layout (not
-    used by ours: it would hold a second copy of every projection weight); the last two only in
-    a torch built with oneDNN."""
+    "mkl": torch's own (`a @ w`, MKL's sgemm); "onednn": oneDNN's on the dense weight;
+    "onednn-packed": oneDNN's on a weight reordered once into its blocked layout, as ours computes
+    its projections (harness.models.linear.PackedLinear); the last two only in a torch built with
+    oneDNN."""
     from harness.models.mamba2 import Mamba2Config
     from harness.models.onednn import ONEDNN
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.models.linear import Linear, linear
+from harness.models.linear import Linear, PackedLinear, linear, pack
 from harness.models.onednn import ONEDNN
 
 
@@ -71,3 +71,47 @@ def test_autograd_takes_f_linear() -> None:
     assert x.grad is not None and layer.weight.grad is not None
     reference = torch.autograd.grad(F.linear(x, layer.weight, layer.bias).square().sum(), x)[0]
     assert torch.equal(x.grad, reference)
+
+
+def within_rounding(ours: torch.Tensor, x: torch.Tensor, layer: Linear) -> bool:
+    """ours equals layer(x) in float64 within the rounding bound of a float32 sum."""
+    w, b = layer.weight.double(), None if layer.bias is None else layer.bias.double()
+    exact = F.linear(x.double(), w, b)
+    bound = x.shape[-1] * torch.finfo(torch.float32).eps * (x.abs().double() @ w.abs().T)
+    return bool(((ours.double() - exact).abs() <= bound + 1e-6).all())
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+def test_packed_blocks_are_the_product_and_the_state_dict_is_unchanged() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Linear(96, 80, blocks=[32, 40, 8]), Linear(80, 16, bias=False))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = [Linear(96, 80, blocks=[32, 40, 8]), Linear(80, 16, bias=False)]
+    for layer, source in zip(plain, model, strict=True):
+        layer.load_state_dict(source.state_dict())
+    first = model[0].weight
+    pack(model)
+    assert [type(m) for m in model] == [PackedLinear, PackedLinear]
+    assert all(first is not p for p in model.parameters())  # the dense weight is let go
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    x = torch.randn(5, 33, 96)
+    with torch.no_grad():
+        blocks = model[0].split(x)
+        assert [b.shape[-1] for b in blocks] == [32, 40, 8]
+        assert all(b.is_contiguous() for b in blocks)
+        assert within_rounding(torch.cat(blocks, -1), x, plain[0])
+        h = torch.randn(5, 33, 80)
+        assert within_rounding(model[1](h), h, plain[1])
+    # grad mode: F.linear on the unpacked weight, differentiable
+    (grad,) = torch.autograd.grad(model[1](h.requires_grad_(True)).sum(), h)
+    torch.testing.assert_close(grad, plain[1].weight.detach().sum(0).expand_as(h))  # 16-term sums
+
+
+def test_pack_leaves_tied_and_non_float32_layers_dense() -> None:
+    embedding, head, wide = torch.nn.Embedding(10, 8), Linear(8, 10, bias=False), Linear(8, 4)
+    head.weight = embedding.weight
+    model = torch.nn.ModuleList([embedding, head, wide.double()])
+    pack(model)
+    assert type(model[1]) is Linear and type(model[2]) is Linear
