@@ -429,7 +429,7 @@ def leaderboard_hint(out: Path) -> str:
     page = out / "leaderboard" / "index.html"
     return (
         f"leaderboard (every model against length / training length, tables, figures): "
-        f"harness leaderboard --results {shlex.quote(str(out))}  then open {page}"
+        f"harness leaderboard --results {shlex.quote(str(out))}  then open {shlex.quote(str(page))}"
     )
 
 

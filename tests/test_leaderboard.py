@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pytest
 from matplotlib.figure import Figure
 
-from harness.cli import main
+from harness.cli import leaderboard_hint, main
 from harness.leaderboard.build import build
 from harness.leaderboard.cli import add_arguments, command
 from harness.leaderboard.figures import value_axis
@@ -720,6 +721,13 @@ def test_run_summary_reads_right_and_points_at_the_leaderboard(
     command = f"harness leaderboard --results {out}"
     assert command in text  # on one line, to copy
     assert run_cli("--results", str(out)) == 0  # the command it names works
+
+
+def test_the_closing_hint_quotes_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "my results"
+    hint = leaderboard_hint(out)
+    assert f"--results {shlex.quote(str(out))} " in hint
+    assert hint.endswith(f"then open {shlex.quote(str(out / 'leaderboard' / 'index.html'))}")
 
 
 def test_csv_counts_are_integers_and_blank_when_unknown(results: Path) -> None:
