@@ -109,9 +109,36 @@ def test_packed_blocks_are_the_product_and_the_state_dict_is_unchanged() -> None
     torch.testing.assert_close(grad, plain[1].weight.detach().sum(0).expand_as(h))  # 16-term sums
 
 
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
 def test_pack_leaves_tied_and_non_float32_layers_dense() -> None:
     embedding, head, wide = torch.nn.Embedding(10, 8), Linear(8, 10, bias=False), Linear(8, 4)
     head.weight = embedding.weight
-    model = torch.nn.ModuleList([embedding, head, wide.double()])
+    model = torch.nn.ModuleList([embedding, head, wide.double(), Linear(8, 4)])
     pack(model)
-    assert type(model[1]) is Linear and type(model[2]) is Linear
+    assert [type(m) for m in model[1:]] == [Linear, Linear, PackedLinear]
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch built without oneDNN")
+def test_packed_gradients_keep_no_dense_weight() -> None:
+    torch.manual_seed(0)
+    dense = Linear(96, 80, blocks=[50, 30])
+    packed = pack(torch.nn.Sequential(Linear(96, 80, blocks=[50, 30])))[0]
+    packed.bias.data.copy_(dense.bias.detach())
+    packed.packed = [
+        torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 8)
+        for w in dense.weight.detach().split([50, 30])
+    ]
+    x = torch.randn(4, 96, requires_grad=True)
+    saved: list[int] = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = torch.cat(packed.split(x), -1)
+    assert max(saved, default=0) < dense.weight.numel() * 50 // 80  # no block of the weight kept
+    x_grad, bias_grad = torch.autograd.grad(out.square().sum(), [x, packed.bias])
+    expected = torch.autograd.grad(dense(x).square().sum(), [x, dense.bias])
+    torch.testing.assert_close(x_grad, expected[0])
+    torch.testing.assert_close(bias_grad, expected[1])

@@ -61,14 +61,16 @@ def _fused(
     x: torch.Tensor, before: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """x (b, l, d), before (b, k - 1, d), weight (d, k) -> silu(conv) (b, l, d) by oneDNN."""
-    (_, l, d), k = x.shape, weight.shape[1]
+    (b, l, d), k = x.shape, weight.shape[1]
     image = x.contiguous().mT[:, :, None]  # (b, d, 1, l): channels-last, no copy
     taps = weight[:, None, None].contiguous()  # (d, 1, 1, k)
     padding, stride, dilation = [0, k - 1], [1, 1], [1, 1]
     out = torch.ops.mkldnn._convolution_pointwise(
         image, taps, bias, padding, stride, dilation, d, "swish", [], ""
     )  # (b, d, 1, l + k - 1) channels-last: output t sees inputs t - k + 1 .. t, zero before 0
-    out = out[:, :, 0, :l].mT  # (b, l, d)
+    out = out[:, :, 0, :l].mT  # (b, l, d): contiguous for one sequence
+    if b > 1:
+        out = out.contiguous()  # each sequence's rows are followed by the k - 1 padded outputs
     out[:, : k - 1] = _taps(torch.cat([before, x[:, : k - 1]], dim=1), weight.t(), bias)
     return out
 

@@ -4,13 +4,14 @@ On the 130m Mamba-2's in_proj over a 2048-token piece, one thread (bench/mamba2_
 all three for its floor): MKL's sgemm (torch's F.linear) 96-103 GFLOP/s, oneDNN on the weight as
 it is 106-107, oneDNN on a weight reordered once into its blocked layout 111-113. A model
 evaluated on CPU (models.base.RecurrentLM) has its projections packed: `pack` swaps each
-`Linear` for a `PackedLinear` holding that layout instead of the dense weight (the same memory).
+`Linear` for a `PackedLinear` holding that layout instead of the dense weight (the same size).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +69,11 @@ class Linear(nn.Linear):
 
 
 class PackedLinear(nn.Module):
-    """A float32 CPU `Linear` for inference whose weight is held in oneDNN's blocked layout, one
-    packed tensor per block, in place of the dense weight; state_dict writes the dense weight
-    back under its name. With grad mode on (a calibration differentiating through the model),
-    F.linear on the weight unpacked for the call."""
+    """A float32 CPU `Linear` for evaluation whose weight is held in oneDNN's blocked layout, one
+    packed tensor per block, in place of the dense weight (the same size); state_dict writes the
+    dense weight back under its name. Differentiable in its input (a calibration differentiates
+    through the model), not in its weight. Not for deepcopy, `.to()` or load_state_dict: the
+    packed tensors are neither parameters nor buffers (pack a copy made before)."""
 
     def __init__(self, layer: Linear) -> None:
         super().__init__()
@@ -93,19 +95,48 @@ class PackedLinear(nn.Module):
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
         biases = [None] * len(self.blocks) if self.bias is None else self.bias.split(self.blocks)
-        return [self._product(x, w, b) for w, b in zip(self.packed, biases, strict=True)]
-
-    def _product(
-        self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        if onednn.computes(x):
-            bias = None if bias is None else bias.contiguous()
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
-        return F.linear(x, packed.to_dense(), bias)
+        blocks = zip(self.packed, biases, strict=True)
+        if not torch.is_grad_enabled():
+            return [_packed_product(x, w, b) for w, b in blocks]
+        # on rows, so that the Function's output is no view (the gate writes over z in place)
+        rows = x.reshape(-1, x.shape[-1])
+        return [_PackedProduct.apply(rows, w, b).view(*x.shape[:-1], -1) for w, b in blocks]
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = torch.cat([w.to_dense() for w in self.packed])
         super()._save_to_state_dict(destination, prefix, keep_vars)  # the bias
+
+
+def _packed_product(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x (..., k) @ W^T + bias by oneDNN, W (m, k) packed -> (..., m)."""
+    bias = None if bias is None else bias.contiguous()
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+
+class _PackedProduct(torch.autograd.Function):
+    """_packed_product of x (n, k), differentiable in x and the bias: the backward unpacks W for
+    its one product, so autograd keeps no dense copy of the weight per call."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        ctx.packed = packed
+        return _packed_product(x, packed, bias)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
+        needs = ctx.needs_input_grad
+        x_grad = grad @ ctx.packed.to_dense() if needs[0] else None
+        bias_grad = grad.flatten(0, -2).sum(0) if needs[2] else None
+        return x_grad, None, bias_grad
 
 
 def pack(module: nn.Module) -> nn.Module:
