@@ -36,6 +36,7 @@ def causal_conv(
     each section (b, l, d_i); the last k - 1 inputs (b, d, k - 1), a copy (it keeps no input
     alive)."""
     weight, bias = conv.weight[:, 0], conv.bias  # (d, k), (d,) or None
+    k = weight.shape[1]
     outs, ends, lo = [], [], 0
     for x in parts:
         hi = lo + x.shape[-1]
@@ -43,18 +44,15 @@ def causal_conv(
         before = state[:, lo:hi].transpose(1, 2)  # (b, k - 1, d_i)
         section = _fused if _onednn_takes(x, w, b) else _blocked
         outs.append(section(x, before, w, b))
-        ends.append(torch.cat([before, x[:, max(x.shape[1] - w.shape[1] + 1, 0) :]], dim=1))
+        ends.append(torch.cat([before, x[:, max(x.shape[1] - k + 1, 0) :]], dim=1))
         lo = hi
-    k = weight.shape[1]
     return outs, torch.cat([end[:, end.shape[1] - k + 1 :] for end in ends], -1).mT.contiguous()
 
 
 def _onednn_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether oneDNN computes this section: see onednn.computes; some output's window lies
     wholly past the state (single tokens are all taps)."""
-    return onednn.computes(x, weight, *([] if bias is None else [bias])) and (
-        x.shape[1] >= weight.shape[1]
-    )
+    return onednn.computes(x, weight, bias) and x.shape[1] >= weight.shape[1]
 
 
 def _fused(

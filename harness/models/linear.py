@@ -25,8 +25,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     """F.linear(x, weight, bias): x (..., k), weight (m, k), bias (m,) -> (..., m); through
     oneDNN for float32 CPU tensors with grad mode off."""
     if _onednn_takes(x, weight, bias):
-        bias = None if bias is None else bias.contiguous()
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+        return _onednn_product(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -35,7 +34,7 @@ def _onednn_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     matmul on a column-major one is ~100x slower than MKL's), k > 0, a bias of shape (m,) if any
     (oneDNN reads no broadcast bias)."""
     return (
-        onednn.computes(x, weight, *([] if bias is None else [bias]))
+        onednn.computes(x, weight, bias)
         and weight.dim() == 2
         and weight.is_contiguous()
         and x.shape[-1] == weight.shape[1] > 0
@@ -63,9 +62,13 @@ class Linear(nn.Linear):
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (..., in) -> one output (..., m_i) per block of rows: the same sums as forward."""
-        biases = [None] * len(self.blocks) if self.bias is None else self.bias.split(self.blocks)
-        rows = self.weight.split(self.blocks)
+        rows, biases = self.weight.split(self.blocks), _block_biases(self.bias, self.blocks)
         return [linear(x, w, b) for w, b in zip(rows, biases, strict=True)]
+
+
+def _block_biases(bias: torch.Tensor | None, blocks: list[int]) -> list[torch.Tensor | None]:
+    """A bias (m,) or None split into the rows of each block."""
+    return [None] * len(blocks) if bias is None else list(bias.split(blocks))
 
 
 class PackedLinear(nn.Module):
@@ -94,10 +97,9 @@ class PackedLinear(nn.Module):
         return self.split(x)[0]
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
-        biases = [None] * len(self.blocks) if self.bias is None else self.bias.split(self.blocks)
-        blocks = zip(self.packed, biases, strict=True)
+        blocks = zip(self.packed, _block_biases(self.bias, self.blocks), strict=True)
         if not torch.is_grad_enabled():
-            return [_packed_product(x, w, b) for w, b in blocks]
+            return [_onednn_product(x, w, b) for w, b in blocks]
         # on rows, so that the Function's output is no view (the gate writes over z in place)
         rows = x.reshape(-1, x.shape[-1])
         return [_PackedProduct.apply(rows, w, b).view(*x.shape[:-1], -1) for w, b in blocks]
@@ -107,17 +109,17 @@ class PackedLinear(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)  # the bias
 
 
-def _packed_product(
-    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
+def _onednn_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """x (..., k) @ W^T + bias by oneDNN, W (m, k) packed -> (..., m)."""
+    """x (..., k) @ W^T + bias by oneDNN's matmul, W (m, k) dense or packed -> (..., m)."""
     bias = None if bias is None else bias.contiguous()
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
 class _PackedProduct(torch.autograd.Function):
-    """_packed_product of x (n, k), differentiable in x and the bias: the backward unpacks W for
-    its one product, so autograd keeps no dense copy of the weight per call."""
+    """_onednn_product of x (n, k) and a packed W, differentiable in x and the bias: the backward
+    unpacks W for its one product, so autograd keeps no dense copy of the weight per call."""
 
     @staticmethod
     def forward(
@@ -127,7 +129,7 @@ class _PackedProduct(torch.autograd.Function):
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         ctx.packed = packed
-        return _packed_product(x, packed, bias)
+        return _onednn_product(x, packed, bias)
 
     @staticmethod
     def backward(

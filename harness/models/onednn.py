@@ -14,10 +14,11 @@ import torch
 ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def computes(*tensors: torch.Tensor) -> bool:
-    """Whether oneDNN computes on these tensors: float32 on the CPU, grad mode off."""
+def computes(*tensors: torch.Tensor | None) -> bool:
+    """Whether oneDNN computes on these tensors (None, an absent bias, counts as any): float32 on
+    the CPU, grad mode off."""
     return (
         ONEDNN
         and not torch.is_grad_enabled()
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
     )
